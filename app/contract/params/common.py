@@ -1,0 +1,72 @@
+"""Base classes and shared fields of method parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.contract.jobs import ModelInfo
+
+
+class MethodParams(BaseModel):
+    """Parameters of one method: frozen, unknown keys refused, no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def check_model(self, model: ModelInfo) -> None:
+        """Raise ``ValueError`` with a clear message if these parameters cannot fit ``model``.
+
+        Called by the gateway before a job is queued, with what the workers announced about
+        the model. The default checks a ``layer`` field, if any, against the model's layers.
+        """
+        layer = getattr(self, "layer", None)
+        if isinstance(layer, str) and layer not in model.layers:
+            raise ValueError(
+                f"layer {layer!r} is not a layer of model {model.name!r}; "
+                f"see GET /v1/models for its layers (default {model.default_layer!r})"
+            )
+
+
+class LayerParams(MethodParams):
+    """A method that reads one layer's activations."""
+
+    layer: str | None = Field(
+        None,
+        description="Dotted module name (e.g. `layer4`); default: the model's default layer.",
+        max_length=200,
+    )
+
+
+class BatchParams(MethodParams):
+    """A method that evaluates the model many times, in chunks."""
+
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Samples per forward pass (the one batching knob); default: the worker's.",
+    )
+
+
+class SeedParams(MethodParams):
+    """A random method: the same seed gives the same heatmap."""
+
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every random draw.")
+
+
+Lane = Literal["fast", "slow"]
+Family = Literal["perturbation", "optimisation", "gradient", "propagation"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as clients see it: name, parameters, cost lane and provenance."""
+
+    name: str
+    params: type[MethodParams]
+    lane: Lane
+    family: Family
+    summary: str
+    paper: str

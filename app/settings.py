@@ -1,0 +1,79 @@
+"""Settings for the gateway and the worker, read once from ``XPLAIN_*`` environment variables.
+
+Nothing below ``create_app`` or ``workers.main`` reads the environment: they receive a
+``Settings`` object and pass values down explicitly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README's configuration table lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="XPLAIN_", extra="ignore")
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis holding the job streams, records and results.",
+    )
+    key_prefix: str = Field(
+        "xplain", description="Prefix of every Redis key and channel (isolates deployments/tests)."
+    )
+    # --- gateway -------------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, description="Largest accepted upload (413 above)."
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        description="Largest accepted width x height (decompression-bomb guard, 413 above).",
+    )
+    default_wait_s: float = Field(
+        30.0,
+        description="How long POST /v1/explanations waits for the result before answering 202.",
+    )
+    max_wait_s: float = Field(120.0, description="Upper bound of the `wait` a client may ask for.")
+    max_queue_depth: int = Field(
+        500, description="Jobs waiting in one lane beyond which new jobs get 503 + Retry-After."
+    )
+    api_key: str | None = Field(
+        None, description="If set, every /v1 request must send it as `X-API-Key` (or Bearer)."
+    )
+    # --- jobs and queue -------------------------------------------------------------------
+    job_ttl_s: int = Field(
+        3600, description="Lifetime of job records, images and results in Redis."
+    )
+    visibility_timeout_s: float = Field(
+        30.0, description="Idle time after which a job claimed by a silent worker is taken over."
+    )
+    max_attempts: int = Field(
+        3, description="Deliveries of one job before it goes to the dead-letter stream as failed."
+    )
+    heartbeat_interval_s: float = Field(2.0, description="How often a worker announces itself.")
+    heartbeat_ttl_s: float = Field(
+        10.0, description="A worker silent for this long counts as gone."
+    )
+    # --- worker ---------------------------------------------------------------------------
+    models_file: str | None = Field(
+        None, description="models.toml naming the models a worker serves (default: the demo model)."
+    )
+    device: str = Field("auto", description="Torch device of a worker: auto, cpu, cuda, cuda:1 ...")
+    lanes: str = Field("fast,slow", description="Cost lanes a worker serves, comma-separated.")
+    claim_count: int = Field(16, description="Jobs a worker claims at once (XREADGROUP COUNT).")
+    max_batch_size: int = Field(
+        64, description="Default forward-pass batch size of perturbation methods on this worker."
+    )
+    torch_threads: int = Field(
+        0, description="torch.set_num_threads on a worker (0: torch's default)."
+    )
+    worker_name: str | None = Field(None, description="Consumer name (default: host-pid).")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

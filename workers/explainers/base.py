@@ -1,0 +1,145 @@
+"""What every explainer takes and returns.
+
+An explainer is a plain function registered under its client-facing name::
+
+    @register("gradcam")
+    def gradcam(handle, inputs, targets, *, layer=None, progress=None) -> Explanation
+
+* ``handle`` (:class:`ModelHandle`): the model in eval mode on its device, with its
+  preprocessing facts (input size, mean/std), labels and default layer.
+* ``inputs``: one float tensor ``(B, 3, H, W)`` already resized and normalised, on
+  ``handle.device``. Several jobs of a group are several rows.
+* ``targets``: ``(B,)`` long tensor of class indices, one per row.
+* keyword parameters: exactly the fields of the method's parameter model in
+  ``app/contract/params`` (a test checks they agree), plus ``progress``.
+* ``progress(done, total)``: call it between chunks of work (never while hooks are attached
+  or inside a half-built batch); it may raise :class:`Cancelled`, which the explainer lets
+  propagate. It may also run other (cheap) jobs on the same model before returning, so an
+  explainer must not leave hooks or modified modules in place across the call.
+
+It returns an :class:`Explanation`: ``saliency`` ``(B, H, W)`` float32 at input resolution,
+where larger means "drove the target score more" (sign kept, not normalised: the worker
+normalises for display), and one metadata dict per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ProgressFn = Callable[[int, int], None]
+
+
+class Cancelled(Exception):  # noqa: N818 - it is a signal, not an error
+    """Raised from a progress callback when every job of the group was cancelled."""
+
+
+class ExplainerError(ValueError):
+    """A request that cannot be explained as asked (bad layer, unsupported architecture...).
+
+    Its message is shown to the client (HTTP 422 semantics); the worker keeps serving.
+    """
+
+
+def no_progress(done: int, total: int) -> None:
+    """The default progress callback: does nothing."""
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """A loaded model and the facts about it that explainers need."""
+
+    name: str
+    model: nn.Module
+    input_size: tuple[int, int]
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    labels: tuple[str, ...] = ()
+    default_layer: str | None = None
+    architecture: str = ""
+    _auto_layer: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (CPU for a parameter-free model)."""
+        for tensor in self.model.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    def mean_std(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and std as ``(1, C, 1, 1)`` tensors matching ``like``'s device and dtype."""
+        mean = torch.tensor(self.mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        return mean, std
+
+    def to_display(self, inputs: Tensor) -> Tensor:
+        """Model-input space -> [0, 1] display space."""
+        mean, std = self.mean_std(inputs)
+        return inputs * std + mean
+
+    def from_display(self, images: Tensor) -> Tensor:
+        """[0, 1] display space -> model-input space."""
+        mean, std = self.mean_std(images)
+        return (images - mean) / std
+
+    def resolve_layer(self, name: str | None) -> tuple[str, nn.Module]:
+        """The layer called ``name``, else the default layer, else the last spatial module."""
+        if name is None:
+            name = self.default_layer or self._find_last_spatial_layer()
+        try:
+            return name, self.model.get_submodule(name)
+        except AttributeError as error:
+            raise ExplainerError(f"model {self.name!r} has no layer {name!r}") from error
+
+    def _find_last_spatial_layer(self) -> str:
+        """Name of the last module (in execution order) whose output is ``(B, C, h, w)``."""
+        if self._auto_layer:
+            return self._auto_layer[0]
+        seen: list[str] = []
+        handles = []
+        for module_name, module in self.model.named_modules():
+            if not module_name:
+                continue
+
+            def hook(_m: nn.Module, _i: Any, out: Any, module_name: str = module_name) -> None:
+                if isinstance(out, Tensor) and out.dim() == 4 and min(out.shape[-2:]) > 1:
+                    seen.append(module_name)
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            probe = torch.zeros(1, len(self.mean), *self.input_size, device=self.device)
+            with torch.inference_mode():
+                self.model(probe)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not seen:
+            raise ExplainerError(f"model {self.name!r} has no layer with a spatial output")
+        # The outermost module that produced the last spatial output: prefer containers
+        # (e.g. `layer4`) over their last leaf, as the reference libraries do.
+        last = seen[-1]
+        for candidate in reversed(seen):
+            if last.startswith(candidate + ".") or candidate == last:
+                chosen = candidate
+        self._auto_layer.append(chosen)
+        return chosen
+
+
+@dataclass
+class Explanation:
+    """Saliency maps ``(B, H, W)`` and one metadata dict per row."""
+
+    saliency: Tensor
+    meta: list[dict[str, Any]]
+
+    @classmethod
+    def uniform(cls, saliency: Tensor, **meta: Any) -> Explanation:
+        """Every row gets the same metadata."""
+        return cls(saliency=saliency, meta=[dict(meta) for _ in range(saliency.shape[0])])
+
+
+Explainer = Callable[..., Explanation]

@@ -1,0 +1,5 @@
+"""Gradient / layer (CAM) methods."""
+
+from workers.explainers.cam import gradcam
+
+__all__ = ["gradcam"]
