@@ -1,0 +1,1 @@
+"""``xplain``: the command-line client of the explanation service."""
