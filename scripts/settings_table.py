@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.settings import Settings  # noqa: E402
+from app.settings import Settings
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 README = Path(__file__).resolve().parents[1] / "README.md"
