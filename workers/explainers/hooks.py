@@ -1,13 +1,20 @@
-"""Scoped forward/backward hooks: they exist only inside the ``with`` block."""
+"""Scoped forward/backward hooks: they exist only inside the ``with`` block.
+
+:func:`capture` records what one or several layers output during a forward pass. The hooks are
+registered on entry and removed in ``finally`` (also when the block raises), so a model never
+keeps a hook across calls. Recorded tensors stay on the model's device.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
+
+from workers.explainers.base import ExplainerError
 
 
 @dataclass
@@ -21,40 +28,70 @@ class Captured:
     def activation(self) -> Tensor:
         """The last forward output of the layer."""
         if not self.activations:
-            raise RuntimeError("the hooked layer was not executed in the forward pass")
+            raise ExplainerError("the chosen layer is not executed in the model's forward pass")
         return self.activations[-1]
 
     @property
     def gradient(self) -> Tensor:
         """The gradient of the last backward pass with respect to that output."""
         if not self.gradients:
-            raise RuntimeError("no gradient reached the hooked layer")
+            raise ExplainerError("no gradient of the target reaches the chosen layer")
         return self.gradients[-1]
 
 
-@contextmanager
-def capture(layer: nn.Module, *, gradients: bool = True, detach: bool = True) -> Iterator[Captured]:
-    """Record ``layer``'s outputs (and their gradients) while the block runs.
+def _recorder(captured: Captured, *, gradients: bool, detach: bool) -> Any:
+    """A forward hook that appends the layer's output to ``captured``."""
 
-    The hooks are removed in ``finally``, also when the block raises. With ``detach=False``
-    the recorded activation stays in the autograd graph (for methods that differentiate
-    through it).
-    """
-    captured = Captured()
-
-    def on_forward(_module: nn.Module, _inputs: Any, output: Any) -> None:
+    def on_forward(_module: nn.Module, _inputs: Any, output: Any) -> Any:
         if not isinstance(output, Tensor):
-            raise TypeError(f"hooked layer returned {type(output).__name__}, not a tensor")
-        captured.activations.append(output.detach() if detach else output)
+            raise ExplainerError(
+                f"the chosen layer returns {type(output).__name__}, not a tensor; "
+                "choose a layer with a (B, C, h, w) tensor output"
+            )
+        if detach:
+            captured.activations.append(output.detach())
+            return None
+        captured.activations.append(output)
         if gradients and output.requires_grad:
 
             def on_grad(grad: Tensor) -> None:
                 captured.gradients.append(grad.detach())
 
             output.register_hook(on_grad)
+        # Downstream modules get a copy, so an in-place op after the layer (ReLU(inplace=True),
+        # `out += identity`) cannot overwrite the recorded activation or its autograd node.
+        return output.clone() if output.requires_grad else None
 
-    handle = layer.register_forward_hook(on_forward)
+    return on_forward
+
+
+@contextmanager
+def capture_many(
+    layers: Sequence[nn.Module], *, gradients: bool = True, detach: bool = True
+) -> Iterator[list[Captured]]:
+    """Record the outputs of every module in ``layers`` while the block runs.
+
+    With ``detach=False`` the recorded activations stay in the autograd graph (for methods
+    that differentiate with respect to them), and downstream modules receive a clone of each,
+    so in-place operations after the layer leave the recorded tensor intact.
+    """
+    records = [Captured() for _ in layers]
+    handles = []
     try:
-        yield captured
+        for layer, captured in zip(layers, records, strict=True):
+            hook = _recorder(captured, gradients=gradients, detach=detach)
+            handles.append(layer.register_forward_hook(hook))
+        yield records
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def capture(layer: nn.Module, *, gradients: bool = True, detach: bool = True) -> Iterator[Captured]:
+    """Record ``layer``'s outputs (and their gradients) while the block runs.
+
+    The hook is removed in ``finally``, also when the block raises. See :func:`capture_many`.
+    """
+    with capture_many([layer], gradients=gradients, detach=detach) as (captured,):
+        yield captured

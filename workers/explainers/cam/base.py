@@ -1,0 +1,151 @@
+"""The skeleton shared by the CAM methods: layer choice, one hooked forward + backward, checks.
+
+Every gradient CAM is "forward, backward to the layer, combine ``A`` and ``G``"; the methods
+differ only in the pure combination (``workers/explainers/cam/formulas.py``). This module owns
+the model-facing part:
+
+* :func:`resolve_layers` picks the layer(s) by dotted name, else the model's default layer,
+  else the last module with a spatial output (found by a probe forward), and says which.
+* :func:`layer_gradients` runs one forward and one backward for the whole batch. Rows do not
+  interact in eval mode, so back-propagating ``Σ_b S_{c_b}(x_b)`` gives every row the gradient
+  of its own target. Hooks live only inside the call; gradients are taken with
+  ``torch.autograd.grad`` (no ``.grad`` is written on parameters).
+* :func:`finish_maps` applies the final ReLU and refuses a layer whose map is all zero before
+  the ReLU (no activation or no gradient reaches it), which would otherwise come back blank.
+* :func:`explanation` up-samples to the input size and builds the per-row metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from workers.explainers.base import ExplainerError, Explanation, ModelHandle
+from workers.explainers.cam.formulas import weighted_sum
+from workers.explainers.hooks import capture_many
+from workers.explainers.postprocess import upsample
+
+
+@dataclass
+class CamResult:
+    """Maps at the layer's resolution (ReLU applied) and what the explanation should report."""
+
+    layer: str
+    maps: Tensor
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str | None] = field(default_factory=list)
+
+
+def resolve_layers(
+    handle: ModelHandle, names: Sequence[str | None]
+) -> tuple[list[str], list[nn.Module], str]:
+    """Modules for ``names`` (None = the default / automatic layer) and how they were chosen."""
+    if any(name is not None for name in names):
+        source = "request"
+    elif handle.default_layer:
+        source = "default"
+    else:
+        source = "auto"
+    resolved = [handle.resolve_layer(name) for name in names]
+    return [name for name, _ in resolved], [module for _, module in resolved], source
+
+
+def _check_spatial(name: str, activation: Tensor) -> None:
+    if activation.dim() != 4:
+        raise ExplainerError(
+            f"layer {name!r} outputs shape {tuple(activation.shape)}; CAM methods need a "
+            "(B, C, h, w) feature map: choose a convolutional layer"
+        )
+
+
+def layer_gradients(
+    handle: ModelHandle,
+    inputs: Tensor,
+    targets: Tensor,
+    names: Sequence[str],
+    modules: Sequence[nn.Module],
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """One forward + backward: (logits, activations per layer, ∂S_target/∂activations)."""
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        capture_many(modules, gradients=False, detach=False) as records,
+    ):
+        x = inputs.detach().clone().requires_grad_(True)
+        logits = handle.model(x)
+        score = logits.gather(1, targets.view(-1, 1).to(logits.device)).sum()
+        activations = [record.activation for record in records]
+        for name, activation in zip(names, activations, strict=True):
+            _check_spatial(name, activation)
+            if not activation.requires_grad:
+                raise ExplainerError(f"the target does not depend on layer {name!r}")
+        gradients = torch.autograd.grad(score, activations, allow_unused=True)
+    out: list[Tensor] = []
+    for name, gradient in zip(names, gradients, strict=True):
+        if gradient is None:
+            raise ExplainerError(f"the target does not depend on layer {name!r}")
+        out.append(gradient.detach())
+    return logits.detach(), [a.detach() for a in activations], out
+
+
+def layer_activations(handle: ModelHandle, inputs: Tensor, name: str, module: nn.Module) -> Tensor:
+    """One gradient-free forward; the layer's activations ``(B, K, h, w)``."""
+    with torch.inference_mode(), capture_many([module], gradients=False) as (record,):
+        handle.model(inputs)
+        activation = record.activation
+    _check_spatial(name, activation)
+    return activation
+
+
+def finish_maps(raw: Tensor, layer: str, method: str) -> tuple[Tensor, list[str | None]]:
+    """ReLU of the raw maps; :class:`ExplainerError` for rows whose raw map is all zero."""
+    flat = raw.flatten(1)
+    dead = (flat == 0).all(dim=1)
+    if bool(dead.any()):
+        rows = dead.nonzero().flatten().tolist()
+        raise ExplainerError(
+            f"layer {layer!r} gives an all-zero {method} map (image rows {rows}): its "
+            "activations, or the target's gradients reaching it, are zero; choose another layer"
+        )
+    negative = (flat <= 0).all(dim=1).tolist()
+    notes = [
+        "the target has negative evidence everywhere at this layer: the map is all zero"
+        if row
+        else None
+        for row in negative
+    ]
+    return torch.relu(raw), notes
+
+
+def gradient_cam(
+    handle: ModelHandle,
+    inputs: Tensor,
+    targets: Tensor,
+    layer: str | None,
+    weights: Callable[[Tensor, Tensor], Tensor],
+    method: str,
+) -> CamResult:
+    """A channel-weighted gradient CAM: ``ReLU(Σ_k weights(A, G)_k A_k)``, one F + B."""
+    names, modules, source = resolve_layers(handle, [layer])
+    _, (A,), (G,) = layer_gradients(handle, inputs, targets, names, modules)
+    maps, notes = finish_maps(weighted_sum(weights(A, G), A), names[0], method)
+    meta = {"forward_passes": 1, "backward_passes": 1}
+    return CamResult(names[0], maps, source, meta, notes)
+
+
+def explanation(result: CamResult, inputs: Tensor) -> Explanation:
+    """Up-sample ``result`` to the input size and attach the metadata of every row."""
+    saliency = upsample(result.maps, (inputs.shape[-2], inputs.shape[-1])).float()
+    meta: list[dict[str, Any]] = []
+    for row in range(saliency.shape[0]):
+        entry = {"layer": result.layer, "layer_source": result.source, **result.meta}
+        note = result.notes[row] if row < len(result.notes) else None
+        if note:
+            entry["note"] = note
+        meta.append(entry)
+    return Explanation(saliency=saliency, meta=meta)
