@@ -1,0 +1,415 @@
+"""The model zoo: which models a worker serves, loaded once at start.
+
+A TOML file (``XPLAIN_MODELS_FILE``) names them; without one, the bundled demo model
+``shapes`` alone is served. Two kinds of entry::
+
+    [[models]]
+    name = "resnet50"                  # the name clients use
+    torchvision = "resnet50"           # a torchvision classification architecture
+    weights = "IMAGENET1K_V2"          # a weights enum (local torch cache), a file path, or "none"
+
+    [[models]]
+    name = "shapes"
+    factory = "mypkg.nets:build"       # an importable callable that returns an nn.Module
+    weights = "/models/shapes.pt"      # a state-dict file (weights_only=True), or "none"
+    input_size = [112, 112]            # height, width
+    mean = [0.5, 0.5, 0.5]
+    std = [0.25, 0.25, 0.25]
+    labels = ["disc", "square"]        # or labels_file = "..." (JSON list or one per line)
+    target_layer = "features.4"        # default layer for layer-based methods
+
+torchvision entries take their input size, mean/std, labels and default layer from the
+architecture and its weights enum (:mod:`workers.zoo_torchvision`); without an enum, labels
+are ``class 0 … class N-1``. Any key above overrides them. ``num_classes`` sets the head size
+of a random-init or file-weights model (a factory receives it as a keyword argument).
+Relative paths (``weights``, ``labels_file``) are relative to the TOML file's folder. Enum
+weights are never downloaded: a missing cache file stops the worker at start with the
+expected path. Every mistake in the file is reported at start, naming the entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.contract.jobs import ModelInfo
+from workers import zoo_torchvision as tv
+from workers.explainers.base import ExplainerError, ModelHandle
+
+ASSETS = Path(__file__).parent / "assets"
+DEMO_JSON = ASSETS / "shapes.json"
+
+KEYS = frozenset(
+    {
+        "name",
+        "torchvision",
+        "factory",
+        "weights",
+        "input_size",
+        "mean",
+        "std",
+        "labels",
+        "labels_file",
+        "target_layer",
+        "num_classes",
+    }
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+class ModelsFileError(ValueError):
+    """A models file (or one of its entries) that cannot be served; the worker does not start."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One validated ``[[models]]`` entry; paths are absolute, ``weights`` None means random."""
+
+    name: str
+    torchvision: str | None = None
+    factory: str | None = None
+    weights: str | None = None
+    weights_path: Path | None = None
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    labels: tuple[str, ...] | None = None
+    target_layer: str | None = None
+    num_classes: int | None = None
+
+
+# --- parsing and validation -------------------------------------------------------------------
+
+
+def read_models_file(path: str | Path) -> list[ModelEntry]:
+    """Parse and validate a models file; raises :class:`ModelsFileError` naming the problem."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ModelsFileError(f"models file {str(path)!r} does not exist") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ModelsFileError(f"models file {str(path)!r} is not valid TOML: {error}") from error
+    return parse_models(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def parse_models(
+    data: Mapping[str, Any], base_dir: Path, source: str = "models file"
+) -> list[ModelEntry]:
+    """Validate the parsed TOML document (a ``models`` array of tables, nothing else)."""
+    extra = sorted(set(data) - {"models"})
+    if extra:
+        raise ModelsFileError(f"{source}: unknown top-level key(s) {extra}; expected [[models]]")
+    models = data.get("models")
+    if not isinstance(models, list) or not models:
+        raise ModelsFileError(f"{source}: no [[models]] entries")
+    entries: list[ModelEntry] = []
+    for index, raw in enumerate(models):
+        where = f"{source}: models[{index}]"
+        if not isinstance(raw, Mapping):
+            raise ModelsFileError(f"{where}: expected a table")
+        if isinstance(raw.get("name"), str):
+            where += f" ({raw['name']})"
+        try:
+            entries.append(parse_entry(raw, base_dir))
+        except ModelsFileError as error:
+            raise ModelsFileError(f"{where}: {error}") from error
+    names = [entry.name for entry in entries]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ModelsFileError(f"{source}: duplicate model name(s) {duplicates}")
+    return entries
+
+
+def _string(raw: Mapping[str, Any], key: str, required: bool = False) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise ModelsFileError(f"missing key {key!r}")
+        return None
+    if not isinstance(value, str) or not value:
+        raise ModelsFileError(f"{key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _numbers(raw: Mapping[str, Any], key: str) -> tuple[float, ...] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        raise ModelsFileError(f"{key!r} must be a list of numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _input_size(raw: Mapping[str, Any]) -> tuple[int, int] | None:
+    value = raw.get("input_size")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ModelsFileError(
+            f"'input_size' must be [height, width] (positive integers), got {value!r}"
+        )
+    return int(value[0]), int(value[1])
+
+
+def _labels(raw: Mapping[str, Any], base_dir: Path) -> tuple[str, ...] | None:
+    labels, labels_file = raw.get("labels"), _string(raw, "labels_file")
+    if labels is not None and labels_file is not None:
+        raise ModelsFileError("give 'labels' or 'labels_file', not both")
+    if labels_file is not None:
+        path = base_dir / labels_file
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ModelsFileError(f"cannot read labels_file {str(path)!r}: {error}") from error
+        labels = json.loads(text) if path.suffix == ".json" else text.strip("\n").splitlines()
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelsFileError("labels must be a non-empty list of strings")
+    return tuple(label.strip() for label in labels)
+
+
+def _weights(
+    raw: Mapping[str, Any], arch: str | None, base_dir: Path
+) -> tuple[str | None, Path | None]:
+    """(enum name, None), (None, file path) or (None, None) for "none"."""
+    weights = _string(raw, "weights", required=True)
+    assert weights is not None
+    if weights.lower() == "none":
+        return None, None
+    if arch is not None and tv.find_weights(arch, weights) is not None:
+        return weights, None
+    looks_like_file = "/" in weights or weights.endswith((".pt", ".pth", ".bin", ".ckpt"))
+    if arch is not None and not looks_like_file:
+        raise ModelsFileError(
+            f"weights {weights!r} is neither a weights enum of {arch} "
+            f"({', '.join(tv.weights_names(arch))}), a file path, nor 'none'"
+        )
+    return None, (base_dir / weights).resolve()
+
+
+def parse_entry(raw: Mapping[str, Any], base_dir: Path) -> ModelEntry:
+    """Validate one entry (errors do not name the entry: :func:`parse_models` adds it)."""
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise ModelsFileError(f"unknown key(s) {unknown}; allowed: {sorted(KEYS)}")
+    name = _string(raw, "name", required=True)
+    assert name is not None
+    if not _NAME.match(name):
+        raise ModelsFileError(
+            f"name {name!r} must be 1-64 characters of letters, digits, '.', '_' or '-'"
+        )
+    arch, factory = _string(raw, "torchvision"), _string(raw, "factory")
+    if (arch is None) == (factory is None):
+        raise ModelsFileError("give exactly one of 'torchvision' (an architecture) or 'factory'")
+    if arch is not None:
+        try:
+            tv.check_architecture(arch)
+        except tv.TorchvisionError as error:
+            raise ModelsFileError(str(error)) from error
+    if factory is not None and not _FACTORY.match(factory):
+        raise ModelsFileError(f"factory {factory!r} must look like 'package.module:callable'")
+    enum_name, weights_path = _weights(raw, arch, base_dir)
+    input_size = _input_size(raw)
+    if factory is not None and input_size is None:
+        raise ModelsFileError("a factory model needs 'input_size' = [height, width]")
+    mean, std = _numbers(raw, "mean"), _numbers(raw, "std")
+    if mean is not None and std is not None and len(mean) != len(std):
+        raise ModelsFileError("'mean' and 'std' must have the same length")
+    if std is not None and min(std) <= 0:
+        raise ModelsFileError("'std' must be positive")
+    num_classes = raw.get("num_classes")
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
+    ):
+        raise ModelsFileError(f"'num_classes' must be a positive integer, got {num_classes!r}")
+    labels = _labels(raw, base_dir)
+    if labels is not None and num_classes is not None and len(labels) != num_classes:
+        raise ModelsFileError(f"{len(labels)} labels but num_classes = {num_classes}")
+    return ModelEntry(
+        name=name,
+        torchvision=arch,
+        factory=factory,
+        weights=enum_name,
+        weights_path=weights_path,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        labels=labels,
+        target_layer=_string(raw, "target_layer"),
+        num_classes=num_classes,
+    )
+
+
+def demo_entry() -> ModelEntry:
+    """The bundled demo model, described by ``workers/assets/shapes.json``."""
+    try:
+        facts = json.loads(DEMO_JSON.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ModelsFileError(
+            f"the demo model's description {str(DEMO_JSON)!r} is missing "
+            "(train it with scripts/train_demo.py)"
+        ) from error
+    raw = {key: facts[key] for key in KEYS if key in facts}
+    return parse_entry(raw, base_dir=ASSETS)
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelsFileError(f"cannot import factory module {module_name!r}: {error}") from error
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ModelsFileError(f"factory {spec!r}: {module_name} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ModelsFileError(f"factory {spec!r} is not callable")
+    return target
+
+
+def _build_factory(entry: ModelEntry) -> nn.Module:
+    assert entry.factory is not None
+    factory = _import_factory(entry.factory)
+    kwargs = {} if entry.num_classes is None else {"num_classes": entry.num_classes}
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelsFileError(f"factory {entry.factory!r} returned {type(model).__name__}")
+    if entry.weights_path is not None:
+        state_dict = tv.load_state_dict_file(entry.weights_path)
+        tv.load_into(model, state_dict, f"file {str(entry.weights_path)!r}")
+    return model
+
+
+def build_handle(entry: ModelEntry) -> ModelHandle:
+    """The entry's model on CPU, with its preprocessing facts (not yet in eval mode/warmed)."""
+    if entry.torchvision is not None:
+        arch = entry.torchvision
+        enum = tv.find_weights(arch, entry.weights) if entry.weights else None
+        num_classes = entry.num_classes
+        if num_classes is None and enum is None and entry.labels is not None:
+            num_classes = len(entry.labels)
+        model = tv.build(arch, enum if enum is not None else entry.weights_path, num_classes)
+        facts = tv.preprocessing(arch, enum)
+        return ModelHandle(
+            name=entry.name,
+            model=model,
+            input_size=entry.input_size or facts.input_size,
+            mean=entry.mean or facts.mean,
+            std=entry.std or facts.std,
+            labels=entry.labels or facts.labels or (),
+            default_layer=entry.target_layer or tv.default_layer(arch, model),
+            architecture=f"torchvision:{arch}" + (f" ({enum!r})" if enum is not None else ""),
+        )
+    model = _build_factory(entry)
+    assert entry.input_size is not None
+    return ModelHandle(
+        name=entry.name,
+        model=model,
+        input_size=entry.input_size,
+        mean=entry.mean or tv.IMAGENET_MEAN,
+        std=entry.std or tv.IMAGENET_STD,
+        labels=entry.labels or (),
+        default_layer=entry.target_layer,
+        architecture=f"{entry.factory}:{type(model).__name__}",
+    )
+
+
+def prepare(handle: ModelHandle, device: torch.device, find_layer: bool = True) -> ModelHandle:
+    """Eval mode on ``device`` (channels-last on CUDA), one warm-up forward, labels checked,
+    default layer checked, or found when ``find_layer`` (the last module with a spatial
+    output). ``requires_grad`` is left as it is."""
+    model = handle.model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if len(handle.mean) != len(handle.std):
+        raise ModelsFileError(f"model {handle.name!r}: mean and std differ in length")
+    probe = torch.zeros(1, len(handle.mean), *handle.input_size, device=device)
+    try:
+        with torch.inference_mode():
+            logits = model(probe)
+    except Exception as error:  # any failure of the warm-up is a configuration error
+        raise ModelsFileError(
+            f"model {handle.name!r}: warm-up forward on a {tuple(probe.shape)} input failed: "
+            f"{error}"
+        ) from error
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ModelsFileError(
+            f"model {handle.name!r} must return logits (batch, classes); got "
+            f"{getattr(logits, 'shape', type(logits).__name__)}"
+        )
+    classes = int(logits.shape[1])
+    labels = handle.labels or tuple(f"class {i}" for i in range(classes))
+    if len(labels) != classes:
+        raise ModelsFileError(
+            f"model {handle.name!r} has {classes} outputs but {len(labels)} labels"
+        )
+    handle = replace(handle, model=model, labels=labels)
+    if handle.default_layer is None and not find_layer:
+        return handle
+    try:
+        layer, _ = handle.resolve_layer(None)
+    except ExplainerError as error:
+        if handle.default_layer is not None:
+            raise ModelsFileError(
+                f"model {handle.name!r}: target_layer {handle.default_layer!r} does not exist"
+            ) from error
+        layer = None  # no spatial layer: layer-based methods will refuse with a clear error
+    return replace(handle, default_layer=layer)
+
+
+def load_models(models_file: str | None, device: torch.device) -> dict[str, ModelHandle]:
+    """Every model of ``models_file`` (the demo model alone when None), ready to serve.
+
+    Raises :class:`ModelsFileError` (a ValueError) with a message naming the entry at fault.
+    """
+    entries = read_models_file(models_file) if models_file else [demo_entry()]
+    handles: dict[str, ModelHandle] = {}
+    for entry in entries:
+        try:
+            handle = build_handle(entry)
+        except tv.TorchvisionError as error:
+            raise ModelsFileError(f"model {entry.name!r}: {error}") from error
+        # torchvision's token models (ViT, Swin) have no spatial map to default to.
+        handles[entry.name] = prepare(handle, device, find_layer=entry.torchvision is None)
+    return handles
+
+
+def model_info(handle: ModelHandle) -> ModelInfo:
+    """What a worker announces about ``handle`` (``layers``: every named submodule)."""
+    return ModelInfo(
+        name=handle.name,
+        input_size=handle.input_size,
+        num_classes=len(handle.labels),
+        labels=list(handle.labels),
+        mean=list(handle.mean),
+        std=list(handle.std),
+        default_layer=handle.default_layer,
+        layers=[name for name, _ in handle.model.named_modules() if name],
+        architecture=handle.architecture,
+    )
