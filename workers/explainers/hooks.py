@@ -7,6 +7,7 @@ keeps a hook across calls. Recorded tensors stay on the model's device.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ class Captured:
 
     activations: list[Tensor] = field(default_factory=list)
     gradients: list[Tensor] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    """When each activation was recorded: the count of hooked outputs seen before it."""
 
     @property
     def activation(self) -> Tensor:
@@ -39,10 +42,11 @@ class Captured:
         return self.gradients[-1]
 
 
-def _recorder(captured: Captured, *, gradients: bool, detach: bool) -> Any:
+def _recorder(captured: Captured, clock: Iterator[int], *, gradients: bool, detach: bool) -> Any:
     """A forward hook that appends the layer's output to ``captured``."""
 
     def on_forward(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        captured.steps.append(next(clock))
         if not isinstance(output, Tensor):
             raise ExplainerError(
                 f"the chosen layer returns {type(output).__name__}, not a tensor; "
@@ -76,10 +80,11 @@ def capture_many(
     so in-place operations after the layer leave the recorded tensor intact.
     """
     records = [Captured() for _ in layers]
+    clock = itertools.count()
     handles = []
     try:
         for layer, captured in zip(layers, records, strict=True):
-            hook = _recorder(captured, gradients=gradients, detach=detach)
+            hook = _recorder(captured, clock, gradients=gradients, detach=detach)
             handles.append(layer.register_forward_hook(hook))
         yield records
     finally:

@@ -39,6 +39,8 @@ class CamResult:
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str | None] = field(default_factory=list)
+    row_meta: list[dict[str, Any]] = field(default_factory=list)
+    """Metadata that differs between rows (merged over ``meta``)."""
 
 
 def resolve_layers(
@@ -63,14 +65,25 @@ def _check_spatial(name: str, activation: Tensor) -> None:
         )
 
 
+@dataclass
+class LayerPass:
+    """What one hooked forward + backward gave, per requested layer."""
+
+    logits: Tensor
+    activations: list[Tensor]
+    gradients: list[Tensor]
+    order: list[int]
+    """Indices of the requested layers sorted by when they ran (shallow to deep)."""
+
+
 def layer_gradients(
     handle: ModelHandle,
     inputs: Tensor,
     targets: Tensor,
     names: Sequence[str],
     modules: Sequence[nn.Module],
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """One forward + backward: (logits, activations per layer, ∂S_target/∂activations)."""
+) -> LayerPass:
+    """One forward + backward: activations of each layer and ``∂S_target/∂activations``."""
     with (
         torch.inference_mode(False),
         torch.enable_grad(),
@@ -80,6 +93,7 @@ def layer_gradients(
         logits = handle.model(x)
         score = logits.gather(1, targets.view(-1, 1).to(logits.device)).sum()
         activations = [record.activation for record in records]
+        steps = [record.steps[-1] for record in records]
         for name, activation in zip(names, activations, strict=True):
             _check_spatial(name, activation)
             if not activation.requires_grad:
@@ -90,7 +104,8 @@ def layer_gradients(
         if gradient is None:
             raise ExplainerError(f"the target does not depend on layer {name!r}")
         out.append(gradient.detach())
-    return logits.detach(), [a.detach() for a in activations], out
+    order = sorted(range(len(steps)), key=steps.__getitem__)
+    return LayerPass(logits.detach(), [a.detach() for a in activations], out, order)
 
 
 def layer_activations(handle: ModelHandle, inputs: Tensor, name: str, module: nn.Module) -> Tensor:
@@ -132,7 +147,8 @@ def gradient_cam(
 ) -> CamResult:
     """A channel-weighted gradient CAM: ``ReLU(Σ_k weights(A, G)_k A_k)``, one F + B."""
     names, modules, source = resolve_layers(handle, [layer])
-    _, (A,), (G,) = layer_gradients(handle, inputs, targets, names, modules)
+    got = layer_gradients(handle, inputs, targets, names, modules)
+    A, G = got.activations[0], got.gradients[0]
     maps, notes = finish_maps(weighted_sum(weights(A, G), A), names[0], method)
     meta = {"forward_passes": 1, "backward_passes": 1}
     return CamResult(names[0], maps, source, meta, notes)
@@ -144,6 +160,8 @@ def explanation(result: CamResult, inputs: Tensor) -> Explanation:
     meta: list[dict[str, Any]] = []
     for row in range(saliency.shape[0]):
         entry = {"layer": result.layer, "layer_source": result.source, **result.meta}
+        if row < len(result.row_meta):
+            entry.update(result.row_meta[row])
         note = result.notes[row] if row < len(result.notes) else None
         if note:
             entry["note"] = note

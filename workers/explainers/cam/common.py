@@ -17,6 +17,10 @@ from workers.explainers.base import ModelHandle
 from workers.explainers.cam.base import CamResult
 from workers.explainers.cam.gradcam import gradcam_maps
 from workers.explainers.cam.gradcam_pp import gradcam_pp_maps
+from workers.explainers.cam.integrated_gradcam import integrated_gradcam_maps
+from workers.explainers.cam.layercam import layercam_maps
+from workers.explainers.cam.scorecam import scorecam_maps
+from workers.explainers.cam.smooth_gradcam_pp import smooth_gradcam_pp_maps
 from workers.explainers.cam.xgradcam import xgradcam_maps
 
 MapsFn = Callable[..., CamResult]
@@ -25,6 +29,10 @@ _MAPS: dict[str, MapsFn] = {
     "gradcam": gradcam_maps,
     "gradcam_pp": gradcam_pp_maps,
     "xgradcam": xgradcam_maps,
+    "layercam": layercam_maps,
+    "scorecam": scorecam_maps,
+    "integrated_gradcam": integrated_gradcam_maps,
+    "smooth_gradcam_pp": smooth_gradcam_pp_maps,
 }
 
 CAM_METHODS: tuple[str, ...] = (

@@ -1,0 +1,176 @@
+"""Smooth Grad-CAM++ (Omeiza, Speakman, Cintas, Weldemariam, "Smooth Grad-CAM++: An Enhanced
+Inference Level Visualization Technique for Deep Convolutional Neural Network Models",
+IntelliSys 2019, arXiv 1908.01224).
+
+Grad-CAM++ whose gradient powers are averaged over ``n`` noisy copies ``x_m = x + ε_m``,
+``ε_m ~ N(0, σ² I)``, with ``g_m = ∂S_c(x_m)/∂A(x_m)`` and ``A`` from the clean input:
+
+    D_p = (1/n) Σ_m g_m^p   (p = 1, 2, 3)
+    α_k(i, j) = D2 / (2·D2 + (Σ_ab A_k(a, b)) · D3)       (0 where D2 = 0)
+    w_k = Σ_(i,j)∈Ω α_k(i, j) · ReLU(D1_k(i, j))
+    L   = ReLU(Σ_(k∈𝒦) w_k A_k)
+
+The paper's three modes: ``layer`` (Ω, 𝒦 = everything), ``channels`` (𝒦 = the given feature
+maps) and ``neuron`` (Ω = one position ``(i, j)`` of the layer's grid, so only that neuron's
+gradients define the weights). ``D2`` in the numerator (the paper prints ``D1``, which is not
+Grad-CAM++); the paper-form denominator; ``D1`` in the ReLU term. Defaults (spec, not the
+paper's unverified values): ``n = 25``, ``σ = 0.15·(x_max − x_min)`` per image in model-input
+space. The noise ``z_m`` is drawn once from ``seed`` and shared by every image (scaled by its
+own σ), so a map does not depend on the batch or on ``max_batch_size``. Cost: 1 forward +
+n × (forward + backward) per image, filled into passes of ``max_batch_size`` (default 64).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from workers.explainers.base import (
+    ExplainerError,
+    Explanation,
+    ModelHandle,
+    ProgressFn,
+    no_progress,
+)
+from workers.explainers.batching import iter_chunks
+from workers.explainers.cam.base import (
+    CamResult,
+    explanation,
+    finish_maps,
+    layer_activations,
+    layer_gradients,
+    resolve_layers,
+)
+from workers.explainers.cam.formulas import gradcam_pp_weights_from_moments, weighted_sum
+from workers.explainers.registry import register
+
+
+def noise(inputs: Tensor, n_samples: int, seed: int) -> Tensor:
+    """``n_samples`` standard normal images ``(n, C, H, W)`` from ``seed`` on the inputs' device."""
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    shape = (n_samples, *inputs.shape[1:])
+    return torch.randn(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+
+
+def gradient_moments(
+    handle: ModelHandle,
+    inputs: Tensor,
+    targets: Tensor,
+    name: str,
+    module: nn.Module,
+    spreads: Tensor,
+    z: Tensor,
+    max_batch_size: int,
+    progress: ProgressFn,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``D1, D2, D3`` ``(B, K, h, w)``: means of ``g, g², g³`` over the noisy copies."""
+    n_samples, batch = z.shape[0], inputs.shape[0]
+    total = batch * n_samples
+    sums: list[Tensor] = []
+    for chunk in iter_chunks(total, max_batch_size):
+        index = torch.arange(chunk.start, chunk.stop, device=inputs.device)
+        image, sample = index // n_samples, index % n_samples
+        noisy = inputs[image] + spreads[image].view(-1, 1, 1, 1) * z[sample]
+        g = layer_gradients(handle, noisy, targets[image], [name], [module]).gradients[0]
+        g2 = g * g
+        if not sums:
+            sums = [g.new_zeros(batch, *g.shape[1:]) for _ in range(3)]
+        for total_p, power in zip(sums, (g, g2, g2 * g), strict=True):
+            total_p.index_add_(0, image, power)
+        progress(chunk.stop, total)
+    d1, d2, d3 = (s / n_samples for s in sums)
+    return d1, d2, d3
+
+
+def selection(
+    A: Tensor, mode: str, channels: list[int] | None, neuron: list[int] | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """(channel mask ``(K,)`` or None, position mask ``(h, w)`` or None) for ``mode``."""
+    K, h, w = A.shape[1:]
+    if mode == "channels":
+        if not channels:
+            raise ExplainerError("mode 'channels' needs a non-empty `channels` list")
+        bad = [c for c in channels if not 0 <= c < K]
+        if bad:
+            raise ExplainerError(f"channels {bad} are out of range: the layer has {K} channels")
+        keep = torch.zeros(K, dtype=torch.bool, device=A.device)
+        keep[torch.tensor(channels, device=A.device)] = True
+        return keep, None
+    if mode == "neuron":
+        if neuron is None or len(neuron) != 2:
+            raise ExplainerError("mode 'neuron' needs `neuron` = [i, j] on the layer's grid")
+        i, j = neuron
+        if not (0 <= i < h and 0 <= j < w):
+            raise ExplainerError(f"neuron {[i, j]} is outside the layer's {h}×{w} grid")
+        where = torch.zeros(h, w, dtype=torch.bool, device=A.device)
+        where[i, j] = True
+        return None, where
+    if mode != "layer":
+        raise ExplainerError(f"unknown mode {mode!r}: use 'layer', 'channels' or 'neuron'")
+    return None, None
+
+
+def smooth_gradcam_pp_maps(
+    handle: ModelHandle,
+    inputs: Tensor,
+    targets: Tensor,
+    layer: str | None = None,
+    *,
+    n_samples: int = 25,
+    sigma: float = 0.15,
+    mode: str = "layer",
+    channels: list[int] | None = None,
+    neuron: list[int] | None = None,
+    seed: int = 0,
+    max_batch_size: int | None = None,
+    progress: ProgressFn = no_progress,
+) -> CamResult:
+    """Smooth Grad-CAM++ maps ``(B, h, w)`` at the layer's resolution, ReLU applied."""
+    names, modules, source = resolve_layers(handle, [layer])
+    A = layer_activations(handle, inputs, names[0], modules[0])
+    keep, where = selection(A, mode, channels, neuron)
+    spreads = sigma * (inputs.flatten(1).amax(dim=1) - inputs.flatten(1).amin(dim=1))
+    z = noise(inputs, n_samples, seed)
+    d1, d2, d3 = gradient_moments(
+        handle, inputs, targets, names[0], modules[0], spreads, z, max_batch_size or 64, progress
+    )
+    weights = gradcam_pp_weights_from_moments(A, d1, d2, d3, where)
+    if keep is not None:
+        weights = weights * keep.to(weights.dtype)
+    maps, notes = finish_maps(weighted_sum(weights, A), names[0], "Smooth Grad-CAM++")
+    meta = {"forward_passes": n_samples + 1, "backward_passes": n_samples, "mode": mode}
+    return CamResult(names[0], maps, source, meta, notes)
+
+
+@register("smooth_gradcam_pp")
+def smooth_gradcam_pp(
+    handle: ModelHandle,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    layer: str | None = None,
+    n_samples: int = 25,
+    sigma: float = 0.15,
+    mode: str = "layer",
+    channels: list[int] | None = None,
+    neuron: list[int] | None = None,
+    seed: int = 0,
+    max_batch_size: int | None = None,
+    progress: ProgressFn = no_progress,
+) -> Explanation:
+    """Smooth Grad-CAM++ maps ``(B, H, W)`` for ``targets``."""
+    result = smooth_gradcam_pp_maps(
+        handle,
+        inputs,
+        targets,
+        layer,
+        n_samples=n_samples,
+        sigma=sigma,
+        mode=mode,
+        channels=channels,
+        neuron=neuron,
+        seed=seed,
+        max_batch_size=max_batch_size,
+        progress=progress,
+    )
+    return explanation(result, inputs)
