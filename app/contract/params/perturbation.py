@@ -1,29 +1,43 @@
-"""Parameters of the perturbation family."""
+"""Parameters of the perturbation family: occlusion, FMO, RISE, LIME."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from app.contract.jobs import ModelInfo
-from app.contract.params.common import BatchParams, MethodSpec
+from app.contract.params.common import BatchParams, MethodSpec, SeedParams
 
 Fill = Literal["zero", "blur", "local_mean"]
 Score = Literal["prob", "logit"]
+Precision = Literal["float32", "float16", "bfloat16"]
+
+FILL_DOC = (
+    "Occluder content: `zero` (0 in model-input space, the dataset-mean colour), `blur` "
+    "(Gaussian-blurred image, σ = 10 px at 224 px), `local_mean` (mean colour of the hidden "
+    "region)."
+)
 
 
-class OcclusionParams(BatchParams):
+class PerturbationParams(BatchParams):
+    """Shared by the perturbation methods: the batching knob and the forward precision."""
+
+    precision: Precision = Field(
+        "float32",
+        description="Forward-pass precision on CUDA (`float16`/`bfloat16` via autocast: faster, "
+        "maps differ slightly); CPU workers always use float32.",
+    )
+
+
+class OcclusionParams(PerturbationParams):
     """Sliding-window occlusion (Zeiler & Fergus)."""
 
     window: int = Field(32, ge=1, le=4096, description="Side of the square occluder, in pixels.")
     stride: int = Field(8, ge=1, le=4096, description="Step of the sliding window, in pixels.")
-    fill: Fill = Field(
-        "zero",
-        description="Occluder content: `zero` (0 in model-input space, the mean colour), "
-        "`blur` (Gaussian-blurred image), `local_mean` (mean colour under the window).",
-    )
-    score: Score = Field("prob", description="Drop of the target's `prob` or `logit`.")
+    fill: Fill = Field("zero", description=FILL_DOC)
+    score: Score = Field("prob", description="Drop of the target's softmax `prob` or `logit`.")
 
     def check_model(self, model: ModelInfo) -> None:
         """The window must fit in the model input."""
@@ -34,6 +48,99 @@ class OcclusionParams(BatchParams):
             )
 
 
+class FmoParams(PerturbationParams):
+    """Fast Multi-resolution Occlusion — our labelled reconstruction (METHODS §1)."""
+
+    grids: tuple[int, ...] | None = Field(
+        None,
+        min_length=1,
+        max_length=8,
+        description="Cells along the shorter side at each level, coarse to fine (e.g. "
+        "[4, 8, 16]); default: 4·2^l for `levels` levels.",
+    )
+    levels: int = Field(3, ge=1, le=6, description="Levels when `grids` is not given.")
+    min_cell: int = Field(
+        4, ge=1, le=256, description="Levels whose cells would be smaller (px) are dropped."
+    )
+    window: int = Field(2, ge=1, le=8, description="Occluder side in cells (stride: one cell).")
+    border: bool = Field(
+        True, description="Also probe windows overhanging the border (clipped), as HiPe does."
+    )
+    score: Score = Field("prob", description="Drop of the target's softmax `prob` or `logit`.")
+    fill: Fill = Field("zero", description=FILL_DOC)
+    select: Literal["midrange", "mean", "topk", "all"] = Field(
+        "midrange",
+        description="Which windows of the next level to probe: statistic ≥ mid-range of the "
+        "current map, ≥ its mean, the `topk` fraction, or all (exhaustive).",
+    )
+    select_stat: Literal["max", "mean"] = Field(
+        "max", description="Statistic of the current map over a candidate window."
+    )
+    topk: float = Field(0.25, gt=0, le=1, description="Fraction kept by `select = topk`.")
+    combine: Literal["refine", "sum", "finest"] = Field(
+        "refine",
+        description="`refine`: finer levels replace coarser where probed, mean over levels; "
+        "`sum`: accumulate every drop (HiPe); `finest`: the last refined level.",
+    )
+    smoothing: float = Field(
+        0.0, ge=0, le=8, description="Gaussian σ in finest cells applied to the map (0: off)."
+    )
+
+    @model_validator(mode="after")
+    def _grids_increase(self) -> FmoParams:
+        grids = self.grids or ()
+        if any(b <= a for a, b in itertools.pairwise(grids)) or any(g < 1 for g in grids):
+            raise ValueError("grids must be positive and increase from coarse to fine")
+        return self
+
+    def check_model(self, model: ModelInfo) -> None:
+        """At least one level must have cells of ``min_cell`` px and room for a window."""
+        super().check_model(model)
+        short = min(model.input_size)
+        grids = self.grids or tuple(4 * 2**level for level in range(self.levels))
+        if not any(short / g >= self.min_cell and g >= self.window for g in grids):
+            raise ValueError(
+                f"no FMO level fits the model input {model.input_size}: grids {list(grids)} "
+                f"with cells of at least {self.min_cell} px and windows of {self.window} cells"
+            )
+
+
+class RiseParams(PerturbationParams, SeedParams):
+    """RISE: random smooth masks weighted by the target probability."""
+
+    n_masks: int = Field(4000, ge=1, le=100_000, description="Number of random masks N.")
+    cells: int = Field(7, ge=1, le=256, description="Grid cells per side s of each mask.")
+    p: float = Field(0.5, gt=0, le=1, description="Probability that a cell is kept.")
+
+    def check_model(self, model: ModelInfo) -> None:
+        """A cell must be at least one pixel."""
+        super().check_model(model)
+        if self.cells > min(model.input_size):
+            raise ValueError(f"cells {self.cells} exceed the model input {model.input_size}")
+
+
+class LimeParams(PerturbationParams, SeedParams):
+    """LIME: a weighted linear surrogate over superpixels."""
+
+    num_samples: int = Field(1000, ge=2, le=100_000, description="Perturbed samples (forwards).")
+    segmentation: Literal["quickshift", "slic"] = Field(
+        "quickshift",
+        description="Superpixels: `quickshift` (kernel 4, max_dist 200, ratio 0.2, as lime) or "
+        "`slic` (`segments` superpixels).",
+    )
+    segments: int = Field(50, ge=2, le=2000, description="Superpixels asked of `slic`.")
+    kernel_width: float = Field(
+        0.25, gt=0, le=100, description="Width of the exponential kernel on cosine distance."
+    )
+    alpha: float = Field(1.0, gt=0, le=1e6, description="Ridge penalty of the surrogate.")
+    fill: Fill = Field(
+        "local_mean",
+        description="What a hidden superpixel shows: its mean colour (`local_mean`, lime's "
+        "default), `zero` or `blur`.",
+    )
+    score: Score = Field("prob", description="Regress the target's softmax `prob` or `logit`.")
+
+
 SPECS: list[MethodSpec] = [
     MethodSpec(
         name="occlusion",
@@ -42,5 +149,32 @@ SPECS: list[MethodSpec] = [
         family="perturbation",
         summary="Score drop when a sliding square hides each region.",
         paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
+    ),
+    MethodSpec(
+        name="fmo",
+        params=FmoParams,
+        lane="slow",
+        family="perturbation",
+        summary="Coarse-to-fine occlusion that re-probes only the regions that mattered "
+        "(a labelled reconstruction: the paper's full text is not available).",
+        paper="Behzadi-Khormouji & Rostami, Fast multi-resolution occlusion, Applied "
+        "Intelligence 2021",
+    ),
+    MethodSpec(
+        name="rise",
+        params=RiseParams,
+        lane="slow",
+        family="perturbation",
+        summary="Average of random smooth masks weighted by the target probability.",
+        paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of "
+        "Black-box Models, BMVC 2018",
+    ),
+    MethodSpec(
+        name="lime",
+        params=LimeParams,
+        lane="slow",
+        family="perturbation",
+        summary="Weighted ridge surrogate over superpixels switched on and off.",
+        paper="Ribeiro, Singh & Guestrin, 'Why Should I Trust You?', KDD 2016",
     ),
 ]

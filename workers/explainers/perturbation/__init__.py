@@ -1,5 +1,5 @@
-"""Perturbation methods: occlusion, FMO, RISE, LIME."""
+"""Perturbation methods: occlusion, FMO, RISE, LIME (sharing the batched ``engine``)."""
 
-from workers.explainers.perturbation import occlusion
+from workers.explainers.perturbation import fmo, lime, occlusion, rise
 
-__all__ = ["occlusion"]
+__all__ = ["fmo", "lime", "occlusion", "rise"]
