@@ -1,0 +1,1 @@
+"""Tests of the worker process: handler stages, grouping, queue protocol, loop, processes."""

@@ -1,0 +1,108 @@
+"""``python -m workers``: settings -> runtime -> signal handlers -> loop.
+
+The first SIGTERM (or SIGINT) lets the current group finish, hands claimed but unstarted jobs
+back to their stream, and exits; the second exits at once (its in-flight jobs are taken over by
+another worker after the visibility timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+import redis
+
+from app.contract.keys import Keys
+from app.settings import Settings, get_settings
+from workers.loop import Heartbeat, Worker
+from workers.queue import WorkerQueue
+from workers.runtime import Runtime, build_runtime
+
+log = logging.getLogger("workers.main")
+
+EXIT_NOW = 128 + signal.SIGTERM
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One line per event, ``key=value`` fields, on stderr."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT: finish the current group and exit; second: exit at once."""
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("event=exit_now signal=%s", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(EXIT_NOW)
+        log.info("event=stopping signal=%s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def make_queue(settings: Settings, runtime: Runtime) -> WorkerQueue:
+    """The Redis side of this worker, configured from ``settings``."""
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    return WorkerQueue(
+        client,
+        Keys(settings.key_prefix),
+        runtime.worker_id,
+        claim_count=settings.claim_count,
+        visibility_timeout_s=settings.visibility_timeout_s,
+        max_attempts=settings.max_attempts,
+        job_ttl_s=settings.job_ttl_s,
+        heartbeat_ttl_s=settings.heartbeat_ttl_s,
+    )
+
+
+def serve(settings: Settings, stop: threading.Event) -> int:
+    """Load the models, announce them, and run the claim loop until ``stop``."""
+    runtime = build_runtime(settings)
+    queue = make_queue(settings, runtime)
+    worker = Worker(
+        runtime,
+        queue,
+        stop,
+        block_ms=int(min(1.0, settings.heartbeat_interval_s) * 1000),
+        recover_interval_s=settings.heartbeat_interval_s,
+    )
+    heartbeat = Heartbeat(worker, settings.heartbeat_interval_s)
+    heartbeat.beat()
+    heartbeat.start()
+    log.info(
+        "event=worker_ready worker=%s lanes=%s device=%s models=%s",
+        runtime.worker_id,
+        ",".join(runtime.lanes),
+        runtime.device,
+        ",".join(runtime.models),
+    )
+    try:
+        worker.run()
+    finally:
+        heartbeat.halt.set()
+        heartbeat.join(timeout=5)
+        try:
+            queue.withdraw(runtime.worker_id)
+        except redis.RedisError:
+            log.exception("event=withdraw_failed")
+    log.info("event=worker_stopped worker=%s jobs_done=%d", runtime.worker_id, worker.jobs_done)
+    return 0
+
+
+def main() -> int:
+    """Entry point of ``python -m workers``."""
+    configure_logging()
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return serve(get_settings(), stop)
