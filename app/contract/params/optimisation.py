@@ -1,7 +1,246 @@
-"""Parameters of the optimisation family."""
+"""Parameters of the optimisation family: meaningful perturbation, extremal perturbation,
+NeuroMask.
+
+Defaults follow ``METHODS.md`` (§2, §6.10, §6.11) and, through it, the authors' code; each
+field says where its default comes from. Every method has an explicit iteration budget
+(``iterations``) and an optional early stop, off by default so that defaults reproduce the
+papers' settings.
+"""
 
 from __future__ import annotations
 
-from app.contract.params.common import MethodSpec
+from typing import Annotated, Literal
 
-SPECS: list[MethodSpec] = []
+from pydantic import Field
+
+from app.contract.jobs import ModelInfo
+from app.contract.params.common import BatchParams, MethodSpec, SeedParams
+
+Area = Annotated[float, Field(gt=0, lt=1)]
+
+
+class OptimisationParams(BatchParams):
+    """An optimisation loop: early stopping (``max_batch_size`` = rows optimised together)."""
+
+    early_stop: bool = Field(
+        False,
+        description="Stop a mask early when its loss stops improving (off: run every "
+        "iteration, as the papers do).",
+    )
+    patience: int = Field(
+        50, ge=1, le=100_000, description="Early stop: iterations without improvement."
+    )
+    tolerance: float = Field(
+        1e-4,
+        ge=0,
+        le=1,
+        description="Early stop: an improvement is a loss below (best − tolerance·|best|).",
+    )
+
+
+class MeaningfulPerturbationParams(OptimisationParams, SeedParams):
+    """Meaningful perturbation, deletion game (Fong & Vedaldi, ICCV 2017)."""
+
+    iterations: int = Field(
+        300,
+        ge=1,
+        le=20_000,
+        description="Adam iterations; 300 in the authors' code `optimize_mask.py` "
+        "(the paper quotes 500).",
+    )
+    learning_rate: float = Field(0.1, gt=0, le=10, description="Adam step size (code: 0.1).")
+    l1_lambda: float = Field(
+        1e-4, ge=0, le=100, description="Weight of λ1·Σ|1 − m| over the mask cells (code: 1e-4)."
+    )
+    tv_lambda: float = Field(
+        1e-2, ge=0, le=100, description="Weight of λ2·TV_β(m) over the mask cells (code: 1e-2)."
+    )
+    tv_beta: float = Field(3.0, ge=1, le=10, description="Exponent β of the TV term (code: 3).")
+    mask_scale: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Input pixels per mask cell: the mask is (H/scale)×(W/scale), 28×28 at "
+        "224 px (code: 8).",
+    )
+    mask_blur: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        description="σ (pixels) of the Gaussian blur of the up-sampled mask (code: radius 5).",
+    )
+    blur_sigma: float = Field(
+        10.0,
+        ge=0,
+        le=100,
+        description="σ (pixels) of the Gaussian blur that makes the deleted content "
+        "(code: radius 10).",
+    )
+    jitter: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Each iteration the image is resized to (H+jitter)×(W+jitter) and cropped "
+        "at a random offset (code: 4; 0 = off).",
+    )
+    init: Literal["circle", "random"] = Field(
+        "circle",
+        description="`circle`: start from the smallest centred blurred disc whose deletion "
+        "brings the score within 1% of deleting everything (code default); `random`: uniform "
+        "in [0, 1].",
+    )
+
+    def check_model(self, model: ModelInfo) -> None:
+        """The mask must have at least one cell per side."""
+        super().check_model(model)
+        if self.mask_scale > min(model.input_size):
+            raise ValueError(
+                f"mask_scale {self.mask_scale} is larger than the model input {model.input_size}"
+            )
+
+
+class ExtremalPerturbationParams(OptimisationParams):
+    """Extremal perturbation (Fong, Patrick & Vedaldi, ICCV 2019; TorchRay defaults)."""
+
+    iterations: int = Field(
+        800, ge=1, le=20_000, description="SGD iterations (TorchRay `max_iter`: 800)."
+    )
+    areas: tuple[Area, ...] = Field(
+        (0.1,),
+        min_length=1,
+        max_length=16,
+        description="Mask areas, fractions of the image in (0, 1), optimised together "
+        "(TorchRay default [0.1]; pointing game VOC [0.025, 0.05, 0.1, 0.2]).",
+    )
+    variant: Literal["preservation", "deletion"] = Field(
+        "preservation",
+        description="`preservation`: keep the area that maximises the target logit (blur the "
+        "rest); `deletion`: blur the area that minimises it.",
+    )
+    step: int = Field(
+        7, ge=1, le=256, description="Pitch (pixels) of the mask's parameter grid (TorchRay: 7)."
+    )
+    sigma: float = Field(
+        21.0, gt=0, le=512, description="Width (pixels) of the smooth-mask kernel (TorchRay: 21)."
+    )
+    levels: int = Field(8, ge=2, le=64, description="Levels of the blur pyramid (TorchRay: 8).")
+    max_blur: float = Field(
+        20.0, gt=0, le=256, description="σ (pixels) of the most blurred level (TorchRay: 20)."
+    )
+    learning_rate: float = Field(0.01, gt=0, le=10, description="SGD step size (TorchRay: 0.01).")
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="SGD momentum, also the dampening (TorchRay: 0.9)."
+    )
+    area_lambda: float = Field(
+        300.0, ge=0, le=1e6, description="Initial weight λ of the area penalty (TorchRay: 300)."
+    )
+    area_growth: float = Field(
+        1.0035,
+        ge=1,
+        le=1.1,
+        description="Factor by which λ grows every iteration (TorchRay: 1.0035).",
+    )
+    jitter: bool = Field(
+        True,
+        description="Flip the perturbed input horizontally every other iteration (TorchRay).",
+    )
+    smooth: float = Field(
+        0.09,
+        ge=0,
+        le=1,
+        description="σ of the Gaussian applied to the summed masks, as a fraction of the "
+        "shorter image side (TorchRay's pointing benchmark: 0.09; 0 = none).",
+    )
+
+    def check_model(self, model: ModelInfo) -> None:
+        """The parameter grid must have at least one cell per side."""
+        super().check_model(model)
+        if self.step > min(model.input_size):
+            raise ValueError(f"step {self.step} is larger than the model input {model.input_size}")
+
+
+class NeuroMaskParams(OptimisationParams, SeedParams):
+    """NeuroMask (Alzantot et al. 2019; defaults of the authors' `NeuroMask` class)."""
+
+    iterations: int = Field(
+        1000, ge=1, le=20_000, description="RMSProp iterations (code `explain`: 1000)."
+    )
+    learning_rate: float = Field(0.03, gt=0, le=10, description="RMSProp step size (code: 0.03).")
+    temperature: float = Field(
+        0.3, gt=0, le=100, description="T in m = sigmoid(W/T) (code: 0.3; CIFAR demo: 1)."
+    )
+    weight_limit: float = Field(
+        10.0,
+        gt=0,
+        le=1000,
+        description="W starts uniform in (−limit, limit); the L1 term is mean|W + limit| "
+        "(code: 10).",
+    )
+    lambda_pred: float = Field(
+        50.0,
+        ge=0,
+        le=1e6,
+        description="Weight of the cross-entropy of the masked image (class default 50; "
+        "ImageNet demo 0.4).",
+    )
+    lambda_sparse: float = Field(
+        16.0,
+        ge=0,
+        le=1e6,
+        description="Weight of the sparsity term (class default 16; ImageNet demo 0.35).",
+    )
+    lambda_smooth: float = Field(
+        3.0,
+        ge=0,
+        le=1e6,
+        description="Weight of the Laplacian smoothness term (class default 3; ImageNet demo "
+        "0.03).",
+    )
+    laplacian: Literal[3, 5] = Field(
+        5, description="Size of the Laplacian filter: 5 (ImageNet, code default) or 3 (CIFAR)."
+    )
+    rms_init: float = Field(
+        1.0,
+        ge=0,
+        le=1e6,
+        description="Initial RMSProp mean-square accumulator: 1 as TensorFlow 1's "
+        "RMSPropOptimizer used by the authors; 0 as torch.optim.RMSprop (moves from the "
+        "first iteration).",
+    )
+
+    def check_model(self, model: ModelInfo) -> None:
+        """The Laplacian filter must fit in the input."""
+        super().check_model(model)
+        if self.laplacian > min(model.input_size):
+            raise ValueError(f"the model input {model.input_size} is smaller than the filter")
+
+
+SPECS: list[MethodSpec] = [
+    MethodSpec(
+        name="meaningful_perturbation",
+        params=MeaningfulPerturbationParams,
+        lane="slow",
+        family="optimisation",
+        summary="Smallest smooth blurred region whose deletion destroys the class score.",
+        paper="Fong & Vedaldi, Interpretable Explanations of Black Boxes by Meaningful "
+        "Perturbation, ICCV 2017",
+    ),
+    MethodSpec(
+        name="extremal_perturbation",
+        params=ExtremalPerturbationParams,
+        lane="slow",
+        family="optimisation",
+        summary="Smooth masks of fixed areas that best preserve (or delete) the class score.",
+        paper="Fong, Patrick & Vedaldi, Understanding Deep Networks via Extremal Perturbations "
+        "and Smooth Masks, ICCV 2019",
+    ),
+    MethodSpec(
+        name="neuromask",
+        params=NeuroMaskParams,
+        lane="slow",
+        family="optimisation",
+        summary="Sparse, smooth full-resolution soft mask that keeps the model's decision.",
+        paper="Alzantot, Widdicombe, Julier & Srivastava, NeuroMask: Explaining Predictions "
+        "of Deep Neural Networks through Mask Learning, SMARTCOMP 2019",
+    ),
+]
