@@ -22,6 +22,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.queue import Snapshot
@@ -149,12 +150,12 @@ def worker_families(values: dict[str, float]) -> Iterator[Metric]:
 
 
 def _sorted_buckets(buckets: dict[str, float]) -> list[tuple[str, float]]:
-    """Cumulative buckets in ``le`` order, ending with ``+Inf`` (added from the largest if
-    missing, as the exposition format requires one)."""
+    """Cumulative buckets in ``le`` order, bounds written as Prometheus writes them (``1.0``),
+    ending with ``+Inf`` (added from the largest if missing: the format requires one)."""
     finite = sorted(
         ((float(le), le, v) for le, v in buckets.items() if _is_number(le) and le != "+Inf"),
     )
-    ordered = [(le, v) for _, le, v in finite]
+    ordered = [(floatToGoString(bound), v) for bound, _, v in finite]
     inf = buckets.get("+Inf", ordered[-1][1] if ordered else 0.0)
     return [*ordered, ("+Inf", inf)]
 

@@ -170,7 +170,7 @@ class Job(BaseModel):
         None, description="Requested quality metrics (`evaluate`), by name."
     )
     error: ProblemDetail | None = Field(None, description="Why it failed (status `failed`).")
-    links: JobLinks = Field(description="Related resources.")
+    links: JobLinks = Field(description="URLs of this job, its PNG and its event stream.")
 
 
 class ModelOut(BaseModel):
@@ -193,7 +193,7 @@ class ModelOut(BaseModel):
 class ModelList(BaseModel):
     """The models of the live workers."""
 
-    models: list[ModelOut]
+    models: list[ModelOut] = Field(description="One entry per model name.")
 
 
 class MethodOut(BaseModel):
@@ -211,20 +211,20 @@ class MethodOut(BaseModel):
 class MethodCatalog(BaseModel):
     """Every method, and the evaluation metrics a job may ask for."""
 
-    methods: list[MethodOut]
+    methods: list[MethodOut] = Field(description="Every method, by family and name.")
     evaluations: dict[str, str] = Field(description="Metric name -> what it measures.")
 
 
 class Health(BaseModel):
     """Liveness."""
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok"] = Field("ok", description="Always `ok` when the process answers.")
 
 
 class Readiness(BaseModel):
     """Readiness: Redis answers and at least one worker is alive."""
 
-    status: Literal["ready"] = "ready"
+    status: Literal["ready"] = Field("ready", description="`ready` (otherwise a 503 problem).")
     workers: int = Field(description="Live workers.")
     models: list[str] = Field(description="Models they serve.")
 
@@ -232,7 +232,7 @@ class Readiness(BaseModel):
 class ProblemType(BaseModel):
     """Documentation of a problem type URI."""
 
-    type: str
-    status: int
-    title: str
-    description: str
+    type: str = Field(description="The problem type URI (this resource).")
+    status: int = Field(description="HTTP status the problem comes with.")
+    title: str = Field(description="Short summary.")
+    description: str = Field(description="When it happens and what to do.")
