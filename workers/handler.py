@@ -38,7 +38,10 @@ TOP_K = 5
 
 @dataclass(frozen=True)
 class Problem:
-    """An RFC 9457 problem object, stored as the job's ``error``."""
+    """An RFC 9457 problem object, stored as the job's ``error``.
+
+    Types are the gateway's documented ``/problems/<slug>`` URIs (``app/problems.py``).
+    """
 
     status: int
     title: str
@@ -57,12 +60,12 @@ class Problem:
 
 def invalid(detail: str) -> Problem:
     """A request the worker cannot serve as asked (HTTP 422)."""
-    return Problem(422, "Unprocessable request", detail)
+    return Problem(422, "Invalid request", detail, "/problems/invalid-request")
 
 
 def internal(detail: str) -> Problem:
     """A failure inside the worker (HTTP 500)."""
-    return Problem(500, "Internal error", detail)
+    return Problem(500, "Internal error", detail, "/problems/internal-error")
 
 
 @dataclass

@@ -221,7 +221,7 @@ class Worker:
         reason = f"the job stopped {stopped} worker{'s' if stopped != 1 else ''}"
         entry = Entry(job.lane, job.entry_id, job.raw)
         self.queue.dead_letter(entry, reason)
-        problem = Problem(500, "Job abandoned", f"{reason}; it was moved to the dead-letter stream")
+        problem = internal(f"{reason}; it was moved to the dead-letter stream")
         self.queue.fail(job.lane, job.entry_id, job.job_id, problem.as_dict())
         self.queue.record_jobs([(job.method, "failed", 0.0)])
         self._log("job_dead_lettered", job, attempt=attempts, reason=reason)

@@ -1,0 +1,1 @@
+"""End-to-end tests: the real gateway (uvicorn) and real worker processes over Redis."""
