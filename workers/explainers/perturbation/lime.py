@@ -69,6 +69,17 @@ def hidden_image(inputs: Tensor, labels: Tensor, width: int, fill: str) -> Tenso
     return means.gather(2, flat).view_as(inputs)
 
 
+def kernel_weights(samples: Tensor, counts: list[int], kernel_width: float) -> Tensor:
+    """``(B, N)`` lime's weights ``sqrt(exp(−d² / σ²))``, ``d`` = cosine distance to all-ones.
+
+    For a binary ``z`` over ``K`` superpixels, ``cos(z, 1) = |z| / sqrt(|z| · K)``, so
+    ``d = 1 − sqrt(|z| / K)`` (an empty ``z`` is at distance 1, as in scikit-learn).
+    """
+    sizes = torch.tensor(counts, device=samples.device, dtype=torch.float64)[:, None]
+    distance = 1 - (samples.sum(dim=2) / sizes).sqrt()
+    return torch.exp(-(distance**2) / kernel_width**2).sqrt()
+
+
 def weighted_ridge(
     z: Tensor, y: Tensor, weights: Tensor, alpha: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -123,9 +134,7 @@ def lime(
             rows = torch.arange(chunk.start, chunk.stop, device=inputs.device) // num_samples
             shown = torch.gather(flat_samples[chunk], 1, flat_labels[rows]).view(-1, 1, *size)
             scores[chunk] = evaluator.scores(torch.where(shown, inputs[rows], hidden[rows]), rows)
-        sizes = torch.tensor(counts, device=inputs.device, dtype=torch.float64)[:, None]
-        distance = 1 - (samples.sum(dim=2) / sizes).sqrt()
-        weights = torch.exp(-(distance**2) / kernel_width**2).sqrt()
+        weights = kernel_weights(samples, counts, kernel_width)
         coef, intercept, r2 = weighted_ridge(samples, scores.view(batch, -1), weights, alpha)
         heat = coef.gather(1, flat_labels).view(batch, *size).float()
     meta = [
