@@ -52,10 +52,7 @@ def _recorder(captured: Captured, clock: Iterator[int], *, gradients: bool, deta
                 f"the chosen layer returns {type(output).__name__}, not a tensor; "
                 "choose a layer with a (B, C, h, w) tensor output"
             )
-        if detach:
-            captured.activations.append(output.detach())
-            return None
-        captured.activations.append(output)
+        captured.activations.append(output.detach() if detach else output)
         if gradients and output.requires_grad:
 
             def on_grad(grad: Tensor) -> None:
@@ -64,7 +61,7 @@ def _recorder(captured: Captured, clock: Iterator[int], *, gradients: bool, deta
             output.register_hook(on_grad)
         # Downstream modules get a copy, so an in-place op after the layer (ReLU(inplace=True),
         # `out += identity`) cannot overwrite the recorded activation or its autograd node.
-        return output.clone() if output.requires_grad else None
+        return output.clone()
 
     return on_forward
 

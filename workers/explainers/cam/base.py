@@ -89,9 +89,11 @@ def layer_gradients(
         torch.enable_grad(),
         capture_many(modules, gradients=False, detach=False) as records,
     ):
+        # Clones are normal tensors even when the caller made inference-mode ones.
         x = inputs.detach().clone().requires_grad_(True)
         logits = handle.model(x)
-        score = logits.gather(1, targets.view(-1, 1).to(logits.device)).sum()
+        index = targets.detach().clone().view(-1, 1).to(logits.device)
+        score = logits.gather(1, index).sum()
         activations = [record.activation for record in records]
         steps = [record.steps[-1] for record in records]
         for name, activation in zip(names, activations, strict=True):
