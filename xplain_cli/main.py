@@ -106,7 +106,7 @@ def dispatch(client: Client, args: argparse.Namespace) -> int:
     elif args.command == "models":
         print_models(client.get_json("/v1/models"))
     elif args.command == "job":
-        job = client.get_json(f"/v1/jobs/{args.job_id}", heatmap="false")
+        job = client.get_json(f"/v1/jobs/{args.job_id}", heatmap_data="false")
         print(json.dumps(job)) if args.json else print_job(job)
         return EXIT_OK if job["status"] in ("succeeded", "queued", "running") else EXIT_JOB_FAILED
     return EXIT_OK

@@ -37,7 +37,7 @@ def wait_with_progress(client: Client, job_id: str, timeout: float, *, quiet: bo
         except (httpx.HTTPError, ValueError):  # the stream is a convenience; polling decides
             pass
         while time.monotonic() < deadline:
-            job = client.get_json(f"/v1/jobs/{job_id}", heatmap="false")
+            job = client.get_json(f"/v1/jobs/{job_id}", heatmap_data="false")
             bar.update(task, completed=float(job.get("progress", 0.0)))
             if job["status"] in FINAL:
                 return

@@ -218,7 +218,7 @@ function showPrediction(job) {
 }
 
 async function finish(card, jobId) {
-  const job = await (await api(`/v1/jobs/${jobId}?heatmap=false`)).json();
+  const job = await (await api(`/v1/jobs/${jobId}?heatmap_data=false`)).json();
   setStatus(card, job.status, job.status === "succeeded" ? 1 : null);
   if (job.status === "failed") cardError(card, (job.error && job.error.detail) || "the job failed");
   if (job.status !== "succeeded") return;
