@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 from fastapi.responses import Response
 
-from app.contract.jobs import JobStatus, RecordField
+from app.contract.jobs import JobStatus, RecordField, WorkerResult
 from app.problems import ProblemError
 from app.queue import JobState
 from app.schemas import (
@@ -52,7 +52,7 @@ def job_view(state: JobState, *, heatmap_data: bool = True, now: float | None = 
         created_at=_when(created),
         started_at=_when(started),
         finished_at=_when(finished),
-        timings=_timings(created, started, finished, now, result.compute_ms if result else None),
+        timings=_timings(created, started, finished, now, _compute_ms(result)),
         links=JobLinks(self=url, heatmap_png=f"{url}/heatmap.png", events=f"{url}/events"),
     )
     if state.status == JobStatus.failed:
@@ -142,6 +142,10 @@ def _timings(
         compute_ms=compute_ms,
         total_ms=_ms((finished if finished is not None else now) - created),
     )
+
+
+def _compute_ms(result: WorkerResult | None) -> float | None:
+    return round(result.compute_ms, 1) if result is not None else None
 
 
 def _ms(seconds: float) -> float:
