@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from workers.explainers.base import ExplainerError
+
 EPS = 1e-7
 """Guard added to the XGrad-CAM denominator (as in pytorch-grad-cam)."""
 
@@ -81,3 +83,34 @@ def fuse_layercam(maps: list[Tensor], gamma: float) -> Tensor:
         fused = scaled if fused is None else torch.maximum(fused, scaled)
     assert fused is not None
     return fused
+
+
+def mode_masks(
+    A: Tensor, mode: str, channels: list[int] | None, neuron: list[int] | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Smooth Grad-CAM++ modes: (channel mask ``(K,)`` or None, position mask ``(h, w)`` or None).
+
+    ``layer``: neither; ``channels``: the feature maps 𝒦; ``neuron``: the one position Ω.
+    """
+    K, h, w = A.shape[1:]
+    if mode == "channels":
+        if not channels:
+            raise ExplainerError("mode 'channels' needs a non-empty `channels` list")
+        bad = [c for c in channels if not 0 <= c < K]
+        if bad:
+            raise ExplainerError(f"channels {bad} are out of range: the layer has {K} channels")
+        keep = torch.zeros(K, dtype=torch.bool, device=A.device)
+        keep[torch.tensor(channels, device=A.device)] = True
+        return keep, None
+    if mode == "neuron":
+        if neuron is None or len(neuron) != 2:
+            raise ExplainerError("mode 'neuron' needs `neuron` = [i, j] on the layer's grid")
+        i, j = neuron
+        if not (0 <= i < h and 0 <= j < w):
+            raise ExplainerError(f"neuron {[i, j]} is outside the layer's {h}×{w} grid")
+        where = torch.zeros(h, w, dtype=torch.bool, device=A.device)
+        where[i, j] = True
+        return None, where
+    if mode != "layer":
+        raise ExplainerError(f"unknown mode {mode!r}: use 'layer', 'channels' or 'neuron'")
+    return None, None

@@ -25,13 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.explainers.base import (
-    ExplainerError,
-    Explanation,
-    ModelHandle,
-    ProgressFn,
-    no_progress,
-)
+from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_progress
 from workers.explainers.batching import iter_chunks
 from workers.explainers.cam.base import (
     CamResult,
@@ -41,7 +35,11 @@ from workers.explainers.cam.base import (
     layer_gradients,
     resolve_layers,
 )
-from workers.explainers.cam.formulas import gradcam_pp_weights_from_moments, weighted_sum
+from workers.explainers.cam.formulas import (
+    gradcam_pp_weights_from_moments,
+    mode_masks,
+    weighted_sum,
+)
 from workers.explainers.registry import register
 
 
@@ -82,34 +80,6 @@ def gradient_moments(
     return d1, d2, d3
 
 
-def selection(
-    A: Tensor, mode: str, channels: list[int] | None, neuron: list[int] | None
-) -> tuple[Tensor | None, Tensor | None]:
-    """(channel mask ``(K,)`` or None, position mask ``(h, w)`` or None) for ``mode``."""
-    K, h, w = A.shape[1:]
-    if mode == "channels":
-        if not channels:
-            raise ExplainerError("mode 'channels' needs a non-empty `channels` list")
-        bad = [c for c in channels if not 0 <= c < K]
-        if bad:
-            raise ExplainerError(f"channels {bad} are out of range: the layer has {K} channels")
-        keep = torch.zeros(K, dtype=torch.bool, device=A.device)
-        keep[torch.tensor(channels, device=A.device)] = True
-        return keep, None
-    if mode == "neuron":
-        if neuron is None or len(neuron) != 2:
-            raise ExplainerError("mode 'neuron' needs `neuron` = [i, j] on the layer's grid")
-        i, j = neuron
-        if not (0 <= i < h and 0 <= j < w):
-            raise ExplainerError(f"neuron {[i, j]} is outside the layer's {h}×{w} grid")
-        where = torch.zeros(h, w, dtype=torch.bool, device=A.device)
-        where[i, j] = True
-        return None, where
-    if mode != "layer":
-        raise ExplainerError(f"unknown mode {mode!r}: use 'layer', 'channels' or 'neuron'")
-    return None, None
-
-
 def smooth_gradcam_pp_maps(
     handle: ModelHandle,
     inputs: Tensor,
@@ -128,7 +98,7 @@ def smooth_gradcam_pp_maps(
     """Smooth Grad-CAM++ maps ``(B, h, w)`` at the layer's resolution, ReLU applied."""
     names, modules, source = resolve_layers(handle, [layer])
     A = layer_activations(handle, inputs, names[0], modules[0])
-    keep, where = selection(A, mode, channels, neuron)
+    keep, where = mode_masks(A, mode, channels, neuron)
     spreads = sigma * (inputs.flatten(1).amax(dim=1) - inputs.flatten(1).amin(dim=1))
     z = noise(inputs, n_samples, seed)
     d1, d2, d3 = gradient_moments(
