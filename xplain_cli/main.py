@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_explain(client: Client, args: argparse.Namespace) -> int:
     """Submit, wait with a progress bar, save the heatmap, print the result."""
     if not args.image.is_file():
-        raise ApiError(0, f"no such image file: {args.image}")
+        print(f"xplain: error: no such image file: {args.image}", file=sys.stderr)
+        return EXIT_USAGE
     status, body = client.submit(
         args.image,
         method=args.method,
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(client, args)
     except ApiError as error:
         print(f"xplain: error: {error.detail}", file=sys.stderr)
-        if error.status == 0 or 400 <= error.status < 500:
+        if 400 <= error.status < 500:
             return EXIT_REFUSED
         return EXIT_UNAVAILABLE
     except TimeoutError as error:

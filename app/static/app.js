@@ -3,7 +3,7 @@
 "use strict";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
-const HIDDEN_PARAMS = new Set(["max_batch_size"]);
+const HIDDEN_PARAMS = new Set();  // parameter names not shown on the page
 const $ = (selector, root = document) => root.querySelector(selector);
 
 const state = { file: null, previewUrl: null, methods: [] };
