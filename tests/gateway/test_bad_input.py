@@ -87,6 +87,14 @@ def test_upload_over_the_limit_is_413_by_content_length(
     assert body["max_upload_bytes"] == 10_000 and "10,000" in body["detail"]
 
 
+def test_json_upload_over_the_limit_is_413(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = make_gateway(max_upload_bytes=10_000)
+    gateway.announce()
+    image = base64.b64encode(noise_png(80, 80)).decode()  # ~19 kB decoded
+    response = gateway.http.post("/v1/explanations", json={"image": image})
+    assert "10,000 bytes" in problem(response, 413)["detail"]
+
+
 def _multipart(data: bytes, boundary: str = "xplainboundary") -> tuple[list[bytes], str]:
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
