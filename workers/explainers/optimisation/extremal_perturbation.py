@@ -140,7 +140,7 @@ def extremal_perturbation(
         )  # fmt: skip
         # Row r is image r // n_areas with area areas[r % n_areas] (image-major).
         row_image = torch.arange(batch * n_areas, device=device) // n_areas
-        row_area = torch.tensor(list(areas), device=device).repeat(batch)
+        row_area = torch.tensor(list(areas), device=device, dtype=torch.float64).repeat(batch)
         masks = torch.empty(batch * n_areas, 1, *size, device=device, dtype=dtype)
         steps = torch.empty(batch * n_areas, dtype=torch.long, device=device)
         chunks = list(iter_chunks(batch * n_areas, max_batch_size or 64))

@@ -52,12 +52,14 @@ def total_variation(mask: Tensor, beta: float) -> Tensor:
 
     Forward differences, zero past the last row/column (the convention of the reference code
     ``ruthcfong/perturb_explanations``); ``mask`` is ``(B, 1, h, w)``, the result ``(B,)``.
-    The square is clamped away from 0 so the gradient stays finite for ``β < 2``.
+    Where both differences are 0 the term is 0 with gradient 0 (finite also for ``β < 2``).
     """
     down = F.pad(mask[..., 1:, :] - mask[..., :-1, :], (0, 0, 0, 1))
     right = F.pad(mask[..., :, 1:] - mask[..., :, :-1], (0, 1, 0, 0))
-    squared = (down**2 + right**2).clamp_min(1e-12)
-    return squared.pow(beta / 2).flatten(1).sum(dim=1)
+    squared = down**2 + right**2
+    flat = squared == 0
+    terms = torch.where(flat, 0.0, torch.where(flat, 1.0, squared).pow(beta / 2))
+    return terms.flatten(1).sum(dim=1)
 
 
 def laplacian_kernel(size: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -113,7 +113,8 @@ def area_penalty(masks: Tensor, areas: Tensor) -> Tensor:
     """
     values = masks.flatten(1).sort(dim=1).values
     count = values.shape[1]
-    zeros = (count * (1 - areas.double())).long()  # TorchRay: int(max_area * (1 - a))
+    # TorchRay: int(max_area * (1 - a)); the 1e-6 keeps float32 areas from losing a pixel.
+    zeros = torch.floor(count * (1 - areas.double()) + 1e-6).long()
     positions = torch.arange(count, device=masks.device)
     reference = (positions[None, :] >= zeros[:, None]).to(values.dtype)
     return ((values - reference) ** 2).mean(dim=1)

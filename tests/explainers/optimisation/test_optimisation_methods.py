@@ -1,0 +1,255 @@
+"""The three methods end to end: known answers, areas, batching exactness, model hygiene.
+
+The model's class ``k`` depends only on region ``R_k`` (see :mod:`.optimisation_models`), so
+each method's map must concentrate on the target's region and leave the other one alone.
+Settings are scaled to 48 px and tens to hundreds of iterations (named per method below).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from app.contract.params.optimisation import (
+    ExtremalPerturbationParams,
+    MeaningfulPerturbationParams,
+    NeuroMaskParams,
+)
+from tests.explainers.optimisation.optimisation_models import (
+    region_handle,
+    region_masks,
+    share_inside,
+    square_inputs,
+)
+from workers.explainers import Cancelled, Explanation, ModelHandle, get_explainer
+
+FAST: dict[str, dict[str, Any]] = {
+    # 28×28 cells at 224 px is 8 px a cell; at 48 px a 12×12 grid, blurs scaled down.
+    "meaningful_perturbation": {
+        "iterations": 100, "mask_scale": 4, "mask_blur": 2.0, "blur_sigma": 3.0, "jitter": 2,
+    },
+    # Grid step and kernel scaled to 48 px; λ scaled by the pixel count (the penalty is a
+    # mean over pixels), SGD steps larger so that 100 iterations do the work of 800.
+    "extremal_perturbation": {
+        "iterations": 100, "areas": (0.0625,), "step": 4, "sigma": 8.0, "max_blur": 6.0,
+        "smooth": 0.0, "learning_rate": 0.05, "area_lambda": 30.0, "area_growth": 1.03,
+    },
+    # RMSProp from a zero accumulator and a narrower initial range: 300 iterations suffice.
+    "neuromask": {"iterations": 300, "rms_init": 0.0, "weight_limit": 3.0},
+}  # fmt: skip
+REGIONS = region_masks()
+TARGETS = torch.tensor([0, 1])
+
+
+def explain(name: str, handle: ModelHandle, inputs: Tensor, targets: Tensor, **kw: Any) -> Any:
+    return get_explainer(name)(handle, inputs, targets, **{**FAST[name], **kw})
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_the_map_concentrates_on_the_region_the_target_depends_on(name: str) -> None:
+    handle, inputs = region_handle("brightness"), square_inputs(2)
+    result: Explanation = explain(name, handle, inputs, TARGETS)
+    assert result.saliency.shape == (2, 48, 48) and result.saliency.dtype == torch.float32
+    for row, (own, other) in enumerate(((0, 1), (1, 0))):
+        saliency = result.saliency[row]
+        peak = saliency.max()
+        assert saliency[REGIONS[own]].mean() > 0.5 * peak, "the target's region is not in it"
+        assert saliency[REGIONS[other]].mean() < 0.05 * peak, "the other class's region is"
+        assert share_inside(saliency, REGIONS[own]) > 2.0
+    iterations = FAST[name]["iterations"]
+    assert all(meta["backward_passes"] in (iterations, [iterations]) for meta in result.meta)
+
+
+def test_neuromask_with_the_authors_defaults_concentrates_too() -> None:
+    handle, inputs = region_handle("brightness"), square_inputs(2)
+    result = get_explainer("neuromask")(handle, inputs, TARGETS, **NeuroMaskParams().model_dump())
+    for row, (own, other) in enumerate(((0, 1), (1, 0))):
+        saliency = result.saliency[row]
+        assert share_inside(saliency, REGIONS[own]) > 5.0
+        assert saliency[REGIONS[other]].mean() < 0.01
+        assert result.meta[row]["iterations"] == 1000
+
+
+@pytest.mark.parametrize("variant", ["preservation", "deletion"])
+def test_extremal_perturbation_meets_every_requested_area(variant: str) -> None:
+    handle, inputs = region_handle("brightness"), square_inputs(2)
+    areas = (0.0625, 0.15, 0.3)
+    result = explain("extremal_perturbation", handle, inputs, TARGETS, areas=areas, variant=variant)
+    for meta in result.meta:
+        assert meta["mask_areas"] == pytest.approx(areas, abs=0.025)
+        assert meta["forward_passes"] == 3 * FAST["extremal_perturbation"]["iterations"]
+    for row, own in enumerate((0, 1)):
+        assert share_inside(result.saliency[row], REGIONS[own]) > 3.0
+
+
+def test_an_extremal_mask_is_nearly_binary_with_the_requested_area() -> None:
+    handle, inputs = region_handle("brightness"), square_inputs(1)
+    mask = explain("extremal_perturbation", handle, inputs, TARGETS[:1], areas=(0.15,)).saliency
+    assert (mask > 0.5).float().mean().item() == pytest.approx(0.15, abs=0.02)
+    assert ((mask < 0.1) | (mask > 0.9)).float().mean() > 0.8
+    # and the smoothing of the summed map (TorchRay's benchmark) spreads it, keeping the peak
+    smoothed = explain(
+        "extremal_perturbation", handle, inputs, TARGETS[:1], areas=(0.15,), smooth=0.09
+    ).saliency
+    assert smoothed.max() < mask.max()
+    assert REGIONS[0].flatten()[smoothed.flatten().argmax()]
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_a_group_gives_each_image_its_own_mask(name: str) -> None:
+    """Same masks optimised together, alone, or in chunks (float64: no rounding noise)."""
+    handle = region_handle("brightness", torch.float64)
+    inputs = square_inputs(3, seed=4, dtype=torch.float64)
+    inputs[2] = inputs[2].flip(-1) * 0.8
+    targets = torch.tensor([1, 0, 0])
+    short = {"iterations": 40}
+    together = explain(name, handle, inputs, targets, **short).saliency
+    alone = [
+        explain(name, handle, inputs[i : i + 1], targets[i : i + 1], **short) for i in range(3)
+    ]
+    torch.testing.assert_close(together, torch.cat([a.saliency for a in alone]), atol=1e-6, rtol=0)
+    chunked = explain(name, handle, inputs, targets, max_batch_size=2, **short).saliency
+    torch.testing.assert_close(together, chunked, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["meaningful_perturbation", "extremal_perturbation"])
+def test_a_group_matches_alone_in_float32_too(name: str) -> None:
+    handle, inputs = region_handle("brightness"), square_inputs(2, seed=2)
+    together = explain(name, handle, inputs, TARGETS, iterations=40).saliency
+    alone = torch.cat(
+        [explain(name, handle, inputs[i : i + 1], TARGETS[i : i + 1], iterations=40).saliency
+         for i in range(2)]
+    )  # fmt: skip
+    torch.testing.assert_close(together, alone, atol=1e-3, rtol=0)
+
+
+def test_extremal_areas_of_a_group_are_rows_of_one_batch() -> None:
+    """Two areas together equal each area alone."""
+    handle, inputs = region_handle("brightness", torch.float64), square_inputs(1, 3, torch.float64)
+    both = explain("extremal_perturbation", handle, inputs, TARGETS[:1], areas=(0.1, 0.3),
+                   iterations=30)  # fmt: skip
+    parts = [
+        explain("extremal_perturbation", handle, inputs, TARGETS[:1], areas=(a,), iterations=30)
+        for a in (0.1, 0.3)
+    ]
+    torch.testing.assert_close(both.saliency, parts[0].saliency + parts[1].saliency)
+    assert (
+        both.meta[0]["mask_areas"]
+        == parts[0].meta[0]["mask_areas"] + parts[1].meta[0]["mask_areas"]
+    )
+
+
+@pytest.mark.parametrize("name", ["meaningful_perturbation", "neuromask"])
+def test_seeded_methods_repeat_with_a_seed_and_vary_across_seeds(name: str) -> None:
+    handle, inputs = region_handle("brightness"), square_inputs(1)
+    kw: dict[str, Any] = {"iterations": 20}
+    if name == "meaningful_perturbation":
+        kw["init"] = "random"
+    first = explain(name, handle, inputs, TARGETS[:1], seed=3, **kw).saliency
+    again = explain(name, handle, inputs, TARGETS[:1], seed=3, **kw).saliency
+    other = explain(name, handle, inputs, TARGETS[:1], seed=4, **kw).saliency
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other, atol=1e-3)
+
+
+def snapshot(model: torch.nn.Module) -> tuple[dict[str, Tensor], dict[str, bool]]:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, {k: p.requires_grad for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_the_model_is_never_updated_nor_its_flags_changed(name: str) -> None:
+    handle = region_handle("energy")
+    handle.model.high_pass.weight.requires_grad_(False)
+    handle.model.register_parameter("spare", torch.nn.Parameter(torch.ones(2)))  # trainable
+    inputs = square_inputs(2)
+    state, flags = snapshot(handle.model)
+    explain(name, handle, inputs, TARGETS, iterations=12)
+
+    def cancel(done: int, total: int) -> None:
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        explain(name, handle, inputs, TARGETS, iterations=12, progress=cancel)
+    after_state, after_flags = snapshot(handle.model)
+    assert after_flags == flags == {"high_pass.weight": False, "spare": True}
+    assert all(torch.equal(after_state[k], v) for k, v in state.items())
+    assert all(p.grad is None for p in handle.model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_runs_from_inside_inference_mode_and_reports_progress(name: str) -> None:
+    handle = region_handle("brightness")
+    seen: list[tuple[int, int]] = []
+    with torch.inference_mode():
+        inputs = square_inputs(3)  # inference tensors, as the worker makes them
+        result = explain(
+            name, handle, inputs, torch.tensor([0, 1, 0]), iterations=25, max_batch_size=2,
+            progress=lambda done, total: seen.append((done, total)),
+        )  # fmt: skip
+    assert torch.isfinite(result.saliency).all()
+    rows = 3 * len(FAST[name].get("areas", (0,)))
+    chunks = -(-rows // 2)
+    assert seen[-1] == (25 * chunks, 25 * chunks)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert len(seen) == 3 * chunks  # at 10, 20 and 25 iterations of each chunk
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_early_stop_ends_masks_whose_loss_stopped_improving(name: str) -> None:
+    handle, inputs = region_handle("brightness"), square_inputs(2)
+    result = explain(
+        name, handle, inputs, TARGETS, iterations=400, early_stop=True, patience=5, tolerance=0.5
+    )
+    ran = [meta["iterations"] for meta in result.meta]
+    flat = [n for row in ran for n in (row if isinstance(row, list) else [row])]
+    assert all(n < 400 for n in flat), ran
+
+
+def test_parameter_defaults_are_the_papers() -> None:
+    mp = MeaningfulPerturbationParams()
+    assert (mp.iterations, mp.learning_rate, mp.l1_lambda, mp.tv_lambda, mp.tv_beta) == (
+        300, 0.1, 1e-4, 1e-2, 3.0,
+    )  # fmt: skip
+    assert (mp.mask_scale, mp.mask_blur, mp.blur_sigma, mp.jitter, mp.init) == (
+        8, 5.0, 10.0, 4, "circle",
+    )  # fmt: skip
+    ep = ExtremalPerturbationParams()
+    assert (ep.iterations, ep.areas, ep.step, ep.sigma, ep.levels, ep.max_blur) == (
+        800, (0.1,), 7, 21.0, 8, 20.0,
+    )  # fmt: skip
+    assert (ep.learning_rate, ep.momentum, ep.area_lambda, ep.area_growth, ep.smooth) == (
+        0.01, 0.9, 300.0, 1.0035, 0.09,
+    )  # fmt: skip
+    nm = NeuroMaskParams()
+    assert (nm.iterations, nm.learning_rate, nm.temperature, nm.weight_limit) == (
+        1000, 0.03, 0.3, 10.0,
+    )  # fmt: skip
+    assert (nm.lambda_pred, nm.lambda_sparse, nm.lambda_smooth, nm.laplacian, nm.rms_init) == (
+        50.0, 16.0, 3.0, 5, 1.0,
+    )  # fmt: skip
+    assert not (mp.early_stop or ep.early_stop or nm.early_stop)
+
+
+def test_parameter_models_refuse_what_cannot_work() -> None:
+    from pydantic import ValidationError
+
+    from app.contract.jobs import ModelInfo
+
+    for bad in ({"areas": []}, {"areas": [0.0]}, {"areas": [1.0]}, {"variant": "dual"}):
+        with pytest.raises(ValidationError):
+            ExtremalPerturbationParams.model_validate(bad)
+    with pytest.raises(ValidationError):
+        MeaningfulPerturbationParams.model_validate({"iterations": 0})
+    info = ModelInfo(
+        name="m", input_size=(8, 8), num_classes=2, labels=["a", "b"], mean=[0.5] * 3,
+        std=[0.25] * 3, default_layer=None, layers=[],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="mask_scale"):
+        MeaningfulPerturbationParams(mask_scale=16).check_model(info)
+    with pytest.raises(ValueError, match="step"):
+        ExtremalPerturbationParams(step=9).check_model(info)
+    ExtremalPerturbationParams(step=8).check_model(info)
