@@ -227,7 +227,10 @@ async function finish(card, jobId) {
   $(".heat", card).src = `${png}?style=heatmap`;
   const meta = job.meta || {};
   const facts = [`${Math.round(job.timings.total_ms)} ms`];
-  if (meta.forward_passes != null) facts.push(`${meta.forward_passes} forward passes`);
+  if (meta.forward_passes != null) {
+    const n = meta.forward_passes;
+    facts.push(`${n} forward pass${n === 1 ? "" : "es"}`);
+  }
   if (meta.layer) facts.push(`layer ${meta.layer}`);
   if (job.target) facts.push(`target ${job.target.label}`);
   for (const [name, value] of Object.entries(job.evaluation || {})) facts.push(`${name} ${value.toFixed(3)}`);
@@ -247,6 +250,7 @@ function follow(card, jobId) {
       finish(card, jobId).catch((error) => cardError(card, error.message));
     }
   };
+  events.addEventListener("state", onEvent);
   events.addEventListener("progress", onEvent);
   events.addEventListener("status", onEvent);
   events.onmessage = onEvent;
