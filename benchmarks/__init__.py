@@ -1,0 +1,1 @@
+"""Speed and quality benchmarks (not tests), with their recorded results in ``results/``."""
