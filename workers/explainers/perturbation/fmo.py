@@ -49,7 +49,7 @@ from workers.explainers.perturbation.engine import (
     paint_boxes,
     score_boxes,
 )
-from workers.explainers.perturbation.fmo_levels import Merge, plan_grids, select_windows
+from workers.explainers.perturbation.fmo_levels import Grid, Merge, plan_grids, select_windows
 from workers.explainers.registry import register
 
 
@@ -80,7 +80,7 @@ def fmo(
     device = inputs.device
     plan = plan_grids(size, grids, levels, min_cell, window, border)
     full = [grid.shape[0] * grid.shape[1] for grid in plan]
-    probed = torch.zeros(batch, len(plan), dtype=torch.long)
+    probed: list[Tensor] = []  # windows probed per image, one (B,) tensor per level
     with torch.inference_mode():
         evaluator = Evaluator(
             handle, targets, score, max_batch_size, precision, progress, batch * (1 + sum(full))
@@ -94,7 +94,7 @@ def fmo(
             else:
                 keep = select_windows(merge.current(), grid, select, select_stat, topk)
             rows, wins = keep.nonzero(as_tuple=True)  # the one host sync of the level
-            probed[:, level] = keep.sum(dim=1).cpu()
+            probed.append(keep.sum(dim=1))
             boxes = grid.boxes(device)[wins]
             if level == 0:  # the clean inputs ride along as empty boxes
                 rows = torch.cat([torch.arange(batch, device=device), rows])
@@ -115,10 +115,10 @@ def fmo(
         heat = merge.current()
         if smoothing > 0:
             heat = gaussian_blur(heat[:, None], smoothing * plan[-1].cell_px)[:, 0]
-    return _explanation(heat, probed, plan, evaluator.used_precision)
+    return _explanation(heat, torch.stack(probed, dim=1).cpu(), plan, evaluator.used_precision)
 
 
-def _explanation(heat: Tensor, probed: Tensor, plan: list, precision: str) -> Explanation:
+def _explanation(heat: Tensor, probed: Tensor, plan: list[Grid], precision: str) -> Explanation:
     """Per-row metadata: passes used, windows per level, the grids and the full-search cost."""
     grids = [list(grid.cells) for grid in plan]
     window_px = [round(grid.window * grid.cell_px, 2) for grid in plan]
