@@ -198,7 +198,8 @@ def test_progress_is_reported_every_few_iterations_and_may_stop_the_loop() -> No
     init, loss_fn = quadratic_rows(targets)
     seen: list[int] = []
     minimise(loss_fn, init + 1, Adam(lr=0.1), Budget(25), on_step=seen.append)
-    assert seen == [PROGRESS_EVERY, 2 * PROGRESS_EVERY, 25]
+    assert {PROGRESS_EVERY, 2 * PROGRESS_EVERY, 25} <= set(seen)
+    assert seen == sorted(seen) and seen[-1] == 25
 
     def stop(t: int) -> None:
         raise KeyboardInterrupt

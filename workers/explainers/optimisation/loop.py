@@ -15,6 +15,7 @@ faster; the loop ends when every row has stopped or the budget is spent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ LossFn = Callable[[Tensor, Tensor, int], Tensor]
 
 PROGRESS_EVERY = 10
 """Iterations between two progress reports (cancellation is honoured at each report)."""
+
+PROGRESS_SECONDS = 1.0
+"""...or sooner, when an iteration ends this long after the last report (slow models)."""
 
 
 @dataclass(frozen=True)
@@ -106,16 +110,17 @@ def minimise(
     """Minimise ``Σ_rows loss_fn(...)`` over ``init``'s rows; ``project`` runs after each step.
 
     ``on_step(t)`` is called after iteration ``t`` (1-based) every :data:`PROGRESS_EVERY`
-    iterations and after the last one; it may raise (cancellation), nothing is left attached.
+    iterations, after an iteration that ends :data:`PROGRESS_SECONDS` after the last call, and
+    after the last iteration; it may raise (cancellation): nothing is left attached.
     """
     params = init.detach().clone(memory_format=torch.contiguous_format)
     state = optimiser.init_state(params)
     n = params.shape[0]
-    everyone = torch.arange(n, device=params.device)
-    active = everyone
+    active = torch.arange(n, device=params.device)
     steps = torch.zeros(n, dtype=torch.long, device=params.device)
     losses = torch.full((n,), float("nan"), device=params.device)
     stopper = _EarlyStop(n, budget, params.device) if budget.early_stop else None
+    reported = time.monotonic()
     for t in range(budget.iterations):
         whole = active.numel() == n
         with gradients_on():
@@ -132,8 +137,10 @@ def minimise(
             if stopper is not None:
                 active = stopper.update(active, row_losses)
         done = t + 1 == budget.iterations or active.numel() == 0
-        if on_step is not None and (done or (t + 1) % PROGRESS_EVERY == 0):
+        due = (t + 1) % PROGRESS_EVERY == 0 or time.monotonic() - reported >= PROGRESS_SECONDS
+        if on_step is not None and (done or due):
             on_step(t + 1)
+            reported = time.monotonic()
         if active.numel() == 0:
             break
     return Outcome(params=params, steps=steps, losses=losses)

@@ -86,7 +86,7 @@ def neuromask(
             ) -> Tensor:
                 m = torch.sigmoid(w / temperature)
                 masked = handle.from_display(x[active] * m)  # = x·m + black·(1 − m)
-                logits = handle.model(masked.to(inputs.dtype)).float()
+                logits = handle.model(masked.to(inputs.dtype)).to(w.dtype)
                 pred = F.cross_entropy(logits, c[active], reduction="none")
                 sparse = (w + weight_limit).abs().flatten(1).mean(dim=1)
                 smooth = F.conv2d(w, kernel).pow(2).flatten(1).mean(dim=1)
