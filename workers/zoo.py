@@ -315,7 +315,7 @@ def build_handle(entry: ModelEntry) -> ModelHandle:
         if num_classes is None and enum is None and entry.labels is not None:
             num_classes = len(entry.labels)
         model = tv.build(arch, enum if enum is not None else entry.weights_path, num_classes)
-        facts = tv.preprocessing(arch, enum)
+        facts = tv.preprocessing(arch, enum, model)
         return ModelHandle(
             name=entry.name,
             model=model,
@@ -348,27 +348,24 @@ def prepare(handle: ModelHandle, device: torch.device, find_layer: bool = True) 
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if len(handle.mean) != len(handle.std):
-        raise ModelsFileError(f"model {handle.name!r}: mean and std differ in length")
+        raise ModelsFileError("mean and std differ in length")
     probe = torch.zeros(1, len(handle.mean), *handle.input_size, device=device)
     try:
         with torch.inference_mode():
             logits = model(probe)
     except Exception as error:  # any failure of the warm-up is a configuration error
         raise ModelsFileError(
-            f"model {handle.name!r}: warm-up forward on a {tuple(probe.shape)} input failed: "
-            f"{error}"
+            f"warm-up forward on a {tuple(probe.shape)} input failed: {error}"
         ) from error
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ModelsFileError(
-            f"model {handle.name!r} must return logits (batch, classes); got "
+            "the model must return logits (batch, classes); got "
             f"{getattr(logits, 'shape', type(logits).__name__)}"
         )
     classes = int(logits.shape[1])
     labels = handle.labels or tuple(f"class {i}" for i in range(classes))
     if len(labels) != classes:
-        raise ModelsFileError(
-            f"model {handle.name!r} has {classes} outputs but {len(labels)} labels"
-        )
+        raise ModelsFileError(f"the model has {classes} outputs but {len(labels)} labels")
     handle = replace(handle, model=model, labels=labels)
     if handle.default_layer is None and not find_layer:
         return handle
@@ -377,7 +374,7 @@ def prepare(handle: ModelHandle, device: torch.device, find_layer: bool = True) 
     except ExplainerError as error:
         if handle.default_layer is not None:
             raise ModelsFileError(
-                f"model {handle.name!r}: target_layer {handle.default_layer!r} does not exist"
+                f"target_layer {handle.default_layer!r} does not exist"
             ) from error
         layer = None  # no spatial layer: layer-based methods will refuse with a clear error
     return replace(handle, default_layer=layer)
@@ -393,10 +390,10 @@ def load_models(models_file: str | None, device: torch.device) -> dict[str, Mode
     for entry in entries:
         try:
             handle = build_handle(entry)
-        except tv.TorchvisionError as error:
+            # torchvision's token models (ViT, Swin) have no spatial map to default to.
+            handles[entry.name] = prepare(handle, device, find_layer=entry.torchvision is None)
+        except (ModelsFileError, tv.TorchvisionError) as error:
             raise ModelsFileError(f"model {entry.name!r}: {error}") from error
-        # torchvision's token models (ViT, Swin) have no spatial map to default to.
-        handles[entry.name] = prepare(handle, device, find_layer=entry.torchvision is None)
     return handles
 
 

@@ -33,7 +33,7 @@ GoogLeNet           ``inception5b``              last Inception block
 RegNet              ``trunk_output``             last stage
 ShuffleNet v2       ``conv5``                    last conv block
 SqueezeNet          ``features``                 last Fire module
-MaxViT              ``blocks``                   last stage, ``(B, C, h, w)`` output
+MaxViT              ``blocks.<last>``            last stage, ``(B, C, h, w)`` output
 ViT / Swin          none                         their outputs are tokens, not ``(B, C, h,
                                                  w)`` maps: name a layer explicitly
 ==================  ===========================  =========================================
@@ -117,13 +117,16 @@ class Preprocessing:
     labels: tuple[str, ...] | None
 
 
-def preprocessing(arch: str, weights: WeightsEnum | None) -> Preprocessing:
+def preprocessing(arch: str, weights: WeightsEnum | None, model: nn.Module) -> Preprocessing:
     """Input size and normalisation from the weights' transforms (the architecture's
     default weights when ``weights`` is None: its natural input size, e.g. 299 for
-    inception_v3), labels from ``weights.meta["categories"]`` (None without weights)."""
+    inception_v3, unless the model was built for one size, as ViT is), labels from
+    ``weights.meta["categories"]`` (None without weights)."""
     reference = weights if weights is not None else weights_enum(arch).DEFAULT
     keywords: Mapping[str, Any] = getattr(reference.transforms, "keywords", {})
     crop = keywords.get("crop_size", 224)
+    if weights is None and isinstance(getattr(model, "image_size", None), int):
+        crop = model.image_size
     crop_size = (int(crop[0]), int(crop[-1])) if isinstance(crop, list | tuple) else (crop, crop)
     categories = weights.meta.get("categories") if weights is not None else None
     return Preprocessing(
@@ -199,7 +202,10 @@ def load_into(
     model: nn.Module, state_dict: Mapping[str, Tensor], source: str, optional: tuple[str, ...] = ()
 ) -> None:
     """Load strictly, except that keys under ``optional`` prefixes may be absent or extra."""
-    result = model.load_state_dict(state_dict, strict=False)
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise TorchvisionError(f"weights {source} do not fit the model: {error}") from error
     missing = [k for k in result.missing_keys if not k.startswith(optional)]
     unexpected = [k for k in result.unexpected_keys if not k.startswith(optional)]
     if missing or unexpected:
@@ -261,7 +267,6 @@ def default_layer(arch: str, model: nn.Module) -> str | None:
         "regnet": "trunk_output",
         "shufflenet": "conv5",
         "squeezenet": "features",
-        "maxvit": "blocks",
     }
     for prefix, layer in fixed.items():
         if arch.startswith(prefix):
@@ -273,6 +278,8 @@ def default_layer(arch: str, model: nn.Module) -> str | None:
         return f"features.{relus[-1]}"
     if arch.startswith(("mobilenet", "efficientnet", "convnext")):
         return f"features.{len(model.features) - 1}"
+    if arch.startswith("maxvit"):
+        return f"blocks.{len(model.blocks) - 1}"
     if arch.startswith("mnasnet"):
         return f"layers.{len(model.layers) - 1}"
     return None

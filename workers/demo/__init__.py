@@ -1,1 +1,1 @@
-"""The bundled demo: a small CNN (``net``) and the synthetic scenes it is trained on (``scenes``)."""
+"""The bundled demo: a small CNN (``net``) and the synthetic scenes it learns from (``scenes``)."""
