@@ -1,0 +1,173 @@
+"""Gradual Extrapolation (Szandała, "Enhancing Deep Neural Network Saliency Visualizations with
+Gradual Extrapolation", IEEE Access 9, 2021; code ``szandala/gradual-extrapolation``).
+
+A coarse map ``M₀`` (here: a CAM at the layer's resolution) is refined by propagating it back
+through every earlier down-sampling layer. Forward hooks on every leaf ``MaxPool2d`` and every
+``Conv2d`` with stride > 1 record, during one forward pass, the first hooked layer's *input*
+``E₀`` and every hooked layer's output. Then, deepest first (METHODS.md §4.3):
+
+    M ← resize_bilinear(M, size(e))
+    M ← M ⊙ ReLU(Σ_channels e) / max(e)
+
+and finally ``M ← min-max(clip((M − mean M) / std M, −1, 1))`` (``std`` unbiased, as in the
+code), at ``E₀``'s resolution (up-sampled to the input if that differs).
+
+Defaults [X] (METHODS.md §4.4), where the released code differs (``reproduce_code_quirks=True``
+restores the code's behaviour):
+
+* only excitations recorded before the first one no larger than the map are used (the code's
+  commented-out intent; the code also down-samples through deeper layers);
+* ``max(e)``, mean and std are per image (the code takes them over the whole batch, so a map
+  depended on the other images of the batch);
+* ``ReLU`` on each channel sum (the code multiplies by raw sums, whose sign flips where the
+  recorded tensor is a pre-activation or the normalised image).
+
+Cost: the base method, plus nothing when it ran exactly one forward pass of the batch (the
+hooks record it: Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM), else one extra forward pass under
+``torch.inference_mode``; then a few resizes and products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_progress
+from workers.explainers.cam.common import cam_maps
+from workers.explainers.postprocess import normalise, upsample
+from workers.explainers.registry import register
+
+
+def excitation_layers(model: nn.Module) -> list[nn.Module]:
+    """Leaf ``MaxPool2d`` modules and leaf ``Conv2d`` modules with a stride above 1."""
+    found = []
+    for module in model.modules():
+        if next(module.children(), None) is not None:
+            continue
+        if isinstance(module, nn.MaxPool2d) or (
+            isinstance(module, nn.Conv2d) and max(module.stride) > 1
+        ):
+            found.append(module)
+    return found
+
+
+@dataclass
+class Recorder:
+    """Excitations of the first forward pass of the model, and how many samples it evaluated."""
+
+    excitations: list[Tensor] = field(default_factory=list)
+    calls: int = 0
+    samples: int = 0
+    recording: bool = False
+
+    def on_model(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.calls += 1
+        self.samples += int(args[0].shape[0]) if args and isinstance(args[0], Tensor) else 0
+        self.recording = self.calls == 1
+
+    def on_model_done(self, *_: Any) -> None:
+        self.recording = False
+
+    def on_layer(self, _module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        if not self.recording:
+            return
+        if not self.excitations:
+            self.excitations.append(args[0].detach())
+        self.excitations.append(output.detach())
+
+    def clean(self, batch: int) -> list[Tensor] | None:
+        """The recorded excitations if exactly one forward pass of ``batch`` rows happened."""
+        if self.calls == 1 and self.samples == batch:
+            return self.excitations
+        return None
+
+
+@contextmanager
+def recording(model: nn.Module, layers: list[nn.Module]) -> Iterator[Recorder]:
+    """Hooks on the model and the excitation layers for the block; removed in ``finally``."""
+    recorder = Recorder()
+    handles = [
+        model.register_forward_pre_hook(recorder.on_model),
+        model.register_forward_hook(recorder.on_model_done),
+    ]
+    try:
+        handles += [layer.register_forward_hook(recorder.on_layer) for layer in layers]
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def shallower(excitations: list[Tensor], size: tuple[int, int]) -> list[Tensor]:
+    """The excitations recorded before the first one no larger than ``size``."""
+    kept = []
+    for e in excitations:
+        if e.shape[-2] <= size[0] and e.shape[-1] <= size[1]:
+            break
+        kept.append(e)
+    return kept
+
+
+def extrapolate(maps: Tensor, excitations: list[Tensor], quirks: bool) -> Tensor:
+    """Refine ``(B, h, w)`` maps through ``excitations`` (shallowest first); ``(B, H', W')``."""
+    m = maps.float()[:, None]
+    for e in reversed(excitations):
+        e = e.float()
+        m = F.interpolate(m, size=e.shape[-2:], mode="bilinear", align_corners=False)
+        sums = e.sum(dim=1, keepdim=True)
+        if quirks:
+            m = m * sums / e.max()
+        else:
+            peak = e.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+            m = m * sums.clamp(min=0) / peak.clamp(min=torch.finfo(e.dtype).tiny)
+    return standardise(m[:, 0], quirks)
+
+
+def standardise(m: Tensor, quirks: bool) -> Tensor:
+    """``min-max(clip((m − mean)/std, −1, 1))`` per image (over the batch with ``quirks``)."""
+    flat = m.reshape(1, -1) if quirks else m.flatten(1)
+    mean = flat.mean(dim=1, keepdim=True)
+    std = flat.std(dim=1, keepdim=True)
+    safe = torch.where(std > 0, std, torch.ones_like(std))
+    z = torch.where(std > 0, (flat - mean) / safe, torch.zeros_like(flat)).clamp(-1, 1)
+    return normalise(z).view_as(m)
+
+
+@register("gradual_extrapolation")
+def gradual_extrapolation(
+    handle: ModelHandle,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    layer: str | None = None,
+    base: str = "gradcam",
+    reproduce_code_quirks: bool = False,
+    progress: ProgressFn = no_progress,
+) -> Explanation:
+    """Refined maps ``(B, H, W)`` in [0, 1]."""
+    batch, size = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
+    layers = excitation_layers(handle.model)
+    with recording(handle.model, layers) as recorder:
+        name, maps = cam_maps(base, handle, inputs, targets, layer)
+    excitations, evaluated = recorder.clean(batch), recorder.samples / batch
+    if excitations is None:
+        with recording(handle.model, layers) as recorder, torch.inference_mode():
+            handle.model(inputs)
+        excitations, evaluated = recorder.excitations, evaluated + 1
+    if not reproduce_code_quirks:
+        excitations = shallower(excitations, (maps.shape[-2], maps.shape[-1]))
+    refined = upsample(extrapolate(maps, excitations, reproduce_code_quirks), size)
+    progress(1, 1)
+    return Explanation.uniform(
+        refined.float(),
+        layer=name,
+        base=base,
+        excitations=len(excitations),
+        forward_passes=evaluated,
+    )

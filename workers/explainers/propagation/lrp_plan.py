@@ -1,0 +1,261 @@
+"""Which LRP rule goes where, batch-norm merging, and the per-call layer replacement.
+
+Rule assignment is Zennit's: the composite's own ``module_map`` (``zennit.composites``) is asked
+for every module, exactly as ``Composite.register`` does, and the rule it names is carried out
+by the matching modified-gradient rule of :mod:`lrp_rules`. Batch norms are merged into the
+convolution or dense layer that precedes them among the model's leaves, as Zennit's
+``SequentialMergeBatchNorm`` (and so its ``ResNetCanonizer`` and ``VGGCanonizer``) pairs them.
+Residual additions need no canonizer here: in the modified-gradient form the plain gradient of
+``a + b`` is Zennit's ``Norm`` rule for a ``Sum`` module.
+
+Nothing of the model is modified: merged and rule weights are separate tensors, cached per
+model and invalidated when any parameter or buffer of a ruled layer changes (data pointer or
+version counter). For the duration of one forward pass the ruled layers' ``forward`` is replaced
+by an instance attribute (as Zennit's attribute canonizers do) and removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from zennit import composites as zc
+from zennit import rules as zr
+from zennit.core import Composite, collect_leaves
+from zennit.types import BatchNorm, Convolution
+from zennit.types import Linear as ZennitLinear
+
+from workers.explainers.base import ExplainerError
+from workers.explainers.propagation import lrp_rules as lr
+
+COMPOSITE_NAMES = (
+    "epsilon_plus_flat",
+    "epsilon_plus",
+    "epsilon_alpha2_beta1_flat",
+    "epsilon_alpha2_beta1",
+    "epsilon_gamma_box",
+    "epsilon",
+)
+PASS_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
+"""Activations whose Zennit ``Pass`` rule equals their gradient in the c = R / a space."""
+
+
+def zennit_composite(name: str, epsilon: float, low: Tensor, high: Tensor) -> Composite:
+    """The Zennit composite called ``name`` (no canonizers: merging is done here)."""
+    if name == "epsilon_gamma_box":
+        return zc.EpsilonGammaBox(low=low, high=high, epsilon=epsilon)
+    if name == "epsilon":
+        layer_map = [
+            *zc.layer_map_base(),
+            (Convolution, zr.Epsilon(epsilon=epsilon)),
+            (torch.nn.Linear, zr.Epsilon(epsilon=epsilon)),
+        ]
+        return zc.LayerMapComposite(layer_map=layer_map)
+    classes: dict[str, Callable[..., Composite]] = {
+        "epsilon_plus_flat": zc.EpsilonPlusFlat,
+        "epsilon_plus": zc.EpsilonPlus,
+        "epsilon_alpha2_beta1_flat": zc.EpsilonAlpha2Beta1Flat,
+        "epsilon_alpha2_beta1": zc.EpsilonAlpha2Beta1,
+    }
+    if name not in classes:
+        raise ExplainerError(f"unknown LRP composite {name!r}; one of {', '.join(COMPOSITE_NAMES)}")
+    return classes[name](epsilon=epsilon)
+
+
+def make_rule(
+    template: Any, name: str, module: nn.Module, weights: tuple[Tensor, Tensor | None], **kw: Any
+) -> lr.Rule:
+    """Our rule for the Zennit rule ``template`` (parameters as Zennit's composites set them)."""
+    op = lr.LinearOp.of(module)
+    weight, bias = weights
+    if isinstance(template, zr.Epsilon):
+        return lr.Epsilon(name, op, weight, bias, epsilon=kw["epsilon"])
+    if isinstance(template, zr.ZPlus):
+        return lr.AlphaBeta(name, op, weight, bias, alpha=1.0, beta=0.0)
+    if isinstance(template, zr.AlphaBeta):  # both AlphaBeta composites use alpha=2, beta=1
+        return lr.AlphaBeta(name, op, weight, bias, alpha=2.0, beta=1.0)
+    if isinstance(template, zr.Gamma):  # EpsilonGammaBox's default gamma
+        return lr.Gamma(name, op, weight, bias, gamma=0.25)
+    if isinstance(template, zr.Flat):
+        return lr.Flat(name, op, weight, bias, emits_relevance=True)
+    if isinstance(template, zr.ZBox):
+        return lr.ZBox(name, op, weight, bias, emits_relevance=True, low=kw["low"], high=kw["high"])
+    raise ExplainerError(f"LRP rule {type(template).__name__} (layer {name!r}) is not supported")
+
+
+def merged_weights(module: nn.Module, norm: nn.Module | None) -> tuple[Tensor, Tensor | None]:
+    """The layer's weight and bias with the following batch norm folded in (Zennit's formula)."""
+    weight, bias = module.weight.detach(), module.bias
+    bias = None if bias is None else bias.detach()
+    if norm is None:
+        return weight, bias
+    if norm.running_mean is None or norm.running_var is None:
+        raise ExplainerError(f"batch norm after {module!r} has no running statistics to merge")
+    scale = (norm.running_var + norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach()
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach()
+    view = (-1,) + (1,) * (weight.dim() - 1)
+    new_bias = shift if bias is None else bias * scale + shift
+    return weight * scale.view(view), new_bias
+
+
+def merge_pairs(model: nn.Module) -> dict[nn.Module, nn.Module]:
+    """Layer -> the batch norm right after it among the leaves (``SequentialMergeBatchNorm``)."""
+    pairs: dict[nn.Module, nn.Module] = {}
+    last: nn.Module | None = None
+    for leaf in collect_leaves(model):
+        if isinstance(last, ZennitLinear) and isinstance(leaf, BatchNorm):
+            pairs[last] = leaf
+        last = leaf
+    return pairs
+
+
+def check_layer(name: str, module: nn.Module) -> None:
+    """Only plain ``Conv2d`` / ``Linear`` layers can have their forward replaced faithfully."""
+    plain = (nn.Conv2d, nn.Linear)
+    if type(module) not in plain:
+        raise ExplainerError(
+            f"LRP: layer {name!r} is a {type(module).__name__}; supported layers with a rule "
+            "are torch.nn.Conv2d and torch.nn.Linear"
+        )
+    if isinstance(module, nn.Conv2d) and (
+        module.padding_mode != "zeros" or isinstance(module.padding, str)
+    ):
+        raise ExplainerError(f"LRP: convolution {name!r} uses unsupported padding")
+
+
+def check_passive(name: str, module: nn.Module, template: Any, merged: set[nn.Module]) -> None:
+    """A module without a rule of ours must be one whose gradient is its LRP rule."""
+    if isinstance(module, BatchNorm):
+        if module not in merged:
+            raise ExplainerError(
+                f"LRP: batch norm {name!r} does not directly follow a convolution or dense "
+                "layer, so it cannot be merged (architecture not supported)"
+            )
+        return
+    if isinstance(template, zr.Pass) and not isinstance(module, PASS_ACTIVATIONS):
+        raise ExplainerError(
+            f"LRP: activation {name!r} ({type(module).__name__}) is not supported; "
+            "ReLU and LeakyReLU are"
+        )
+    if template is None and next(module.children(), None) is None:
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if own:
+            raise ExplainerError(
+                f"LRP: no rule for layer {name!r} ({type(module).__name__}); "
+                "architecture not supported"
+            )
+
+
+@dataclass(eq=False)
+class Plan:
+    """Rules for one model and composite, and the state of its one-time validation."""
+
+    rules: dict[str, lr.Rule]
+    modules: dict[str, nn.Module]
+    norms: list[nn.Module]
+    signature: tuple[tuple[int, int], ...]
+    emits_relevance: bool
+    validated: bool = False
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Replace ruled layers' forward (and merged norms' by the identity) for the block."""
+        patched: list[nn.Module] = []
+        try:
+            targets = [(self.modules[n], lr.rule_forward(r)) for n, r in self.rules.items()]
+            targets += [(norm, _identity) for norm in self.norms]
+            for module, forward in targets:
+                if "forward" in module.__dict__:
+                    raise ExplainerError(
+                        f"LRP: a {type(module).__name__} already has its forward replaced "
+                        "(another canonizer active?)"
+                    )
+                module.forward = forward
+                patched.append(module)
+            yield
+        finally:
+            for module in patched:
+                del module.forward
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def signature(modules: list[nn.Module]) -> tuple[tuple[int, int], ...]:
+    """Data pointers and version counters of the modules' parameters and buffers."""
+    return tuple(
+        (t.data_ptr(), t._version)
+        for m in modules
+        for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
+    )
+
+
+def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
+    """Assign rules to ``model``'s modules the way ``composite.register`` would."""
+    pairs = merge_pairs(model)
+    merged = set(pairs.values())
+    rules: dict[str, lr.Rule] = {}
+    modules: dict[str, nn.Module] = {}
+    ctx: dict[Any, Any] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            template = composite.module_map(ctx, name, module)
+            if isinstance(template, zr.Pass | zr.Norm) or template is None:
+                check_passive(name, module, template, merged)
+                continue
+            check_layer(name, module)
+            weights = merged_weights(module, pairs.get(module))
+            rules[name] = make_rule(template, name, module, weights, **rule_kw)
+            modules[name] = module
+    if not rules:
+        raise ExplainerError("LRP: the model has no convolution or dense layer")
+    norms = [pairs[m] for m in modules.values() if m in pairs]
+    emitting = [r for r in rules.values() if r.emits_relevance]
+    return Plan(
+        rules=rules,
+        modules=modules,
+        norms=norms,
+        signature=signature([*modules.values(), *norms]),
+        emits_relevance=bool(emitting),
+    )
+
+
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[Any, Plan]] = weakref.WeakKeyDictionary()
+
+
+def plan_for(
+    model: nn.Module,
+    name: str,
+    epsilon: float,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> Plan:
+    """The cached plan for ``model`` and composite ``name``; rebuilt if the model changed.
+
+    ``mean`` and ``std`` (the model's input normalisation) give the pixel bounds of ``ZBox``:
+    ``(0 - mean) / std`` and ``(1 - mean) / std``.
+    """
+    key = (name, float(epsilon), tuple(mean), tuple(std))
+    plans = _PLANS.setdefault(model, {})
+    plan = plans.get(key)
+    if plan is not None and plan.signature == signature([*plan.modules.values(), *plan.norms]):
+        return plan
+    m = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    low, high = (0 - m) / s, (1 - m) / s
+    composite = zennit_composite(name, epsilon, low, high)
+    plan = build_plan(model, composite, epsilon=epsilon, low=low, high=high)
+    plans[key] = plan
+    return plan
