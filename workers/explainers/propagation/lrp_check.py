@@ -78,8 +78,10 @@ def judge(node: Node, x: Tensor) -> str | None:
         return "an added constant (a bias outside a ruled layer)"
     if name in ALLOWED:
         return None
-    if name == "MulBackward0" and sum(kid is not None for kid in kids) == 1:
-        return None  # scaling by a constant
+    if name == "MulBackward0":
+        if sum(kid is not None for kid in kids) == 1:
+            return None  # scaling by a constant
+        return "a product of two activations (a gate or attention)"
     if name == "DivBackward0" and kids[0] is not None and kids[1] is None:
         return None  # division by a constant
     return f"operation {name.removesuffix('Backward0')}"

@@ -1,0 +1,191 @@
+"""Which architectures LRP explains, and the clear refusal (HTTP 422) for the others."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tests.explainers.propagation.prop_models import (
+    CLASSES,
+    forward_overrides,
+    handle_for,
+    images,
+)
+from workers.explainers import ExplainerError
+from workers.explainers.propagation.lrp import lrp_relevance
+
+
+class Residual(nn.Module):
+    """A residual block written by hand (no torchvision class, no Zennit canonizer)."""
+
+    def __init__(self, channels: int, bias: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+class Head(nn.Module):
+    """Stem, a middle part, global average pooling and a dense classifier."""
+
+    def __init__(self, middle: nn.Module, act: Callable[[], nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.act = act()
+        self.middle = middle
+        self.fc = nn.Linear(8, CLASSES, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.middle(self.act(self.stem(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def conserved(model: nn.Module, composite: str = "epsilon") -> None:
+    """Σ R = target logit (bias-free model, ε rule)."""
+    model = model.double().eval()
+    handle = handle_for(model)
+    x, targets = images(2, dtype=torch.float64), torch.tensor([0, 3])
+    relevance, logits = lrp_relevance(handle, x, targets, composite=composite, epsilon=1e-9)
+    expected = logits.gather(1, targets.view(-1, 1))[:, 0]
+    torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_hand_written_residual_additions_conserve_relevance() -> None:
+    conserved(Head(nn.Sequential(Residual(8), Residual(8))))
+
+
+def test_leaky_relu_conserves_relevance() -> None:
+    conserved(Head(nn.Sequential(Residual(8)), act=lambda: nn.LeakyReLU(0.1)))
+
+
+def test_concatenation_and_reuse_of_the_input_work_without_a_special_first_layer() -> None:
+    class Concat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+            self.b = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.fc = nn.Linear(8, CLASSES, bias=False)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = torch.cat([torch.relu(self.a(x)), x], dim=1)
+            return self.fc(torch.relu(self.b(h)).mean(dim=(2, 3)))
+
+    conserved(Concat(), composite="epsilon")
+    with pytest.raises(ExplainerError, match="first-layer rule"):
+        lrp_relevance(handle_for(Concat().eval()), images(1), torch.tensor([0]))
+    relevance, _ = lrp_relevance(
+        handle_for(Concat().eval()), images(1), torch.tensor([0]), composite="epsilon_plus"
+    )
+    assert torch.isfinite(relevance).all()
+
+
+class Gate(nn.Module):
+    """A squeeze-and-excitation style gate written functionally."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(x.mean(dim=(2, 3), keepdim=True))
+
+
+class Bilinear(nn.Module):
+    """The product of two activations."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * x
+
+
+class Shift(nn.Module):
+    """An added constant outside any layer."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + 1.0
+
+
+class FunctionalConv(nn.Module):
+    """A convolution applied with ``F.conv2d`` by a module that also has a child."""
+
+    def __init__(self, frozen: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1, requires_grad=not frozen)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(F.conv2d(x, self.weight, padding=1))
+
+
+class LearntShift(nn.Module):
+    """A learnt bias added by a module that also has a child."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.full((8, 1, 1), 0.1))
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(x + self.shift)
+
+
+class Leaf(nn.Module):
+    """A leaf module with a parameter and no LRP rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(8, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class NormAfterActivation(nn.Module):
+    """Registered conv then norm, but the norm acts after the ReLU: it cannot be merged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.norm.running_mean.fill_(0.3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(torch.relu(self.conv(x)))
+
+
+REFUSED: dict[str, tuple[Callable[[], nn.Module], str]] = {
+    "sigmoid module": (lambda: nn.Sequential(nn.Conv2d(8, 8, 1), nn.Sigmoid()), "Sigmoid"),
+    "tanh module": (lambda: nn.Tanh(), "Tanh"),
+    "relu6 module": (lambda: nn.ReLU6(), "ReLU6"),
+    "functional gate": (Gate, "product of two activations"),
+    "product of activations": (Bilinear, "product of two activations"),
+    "added constant": (Shift, "constant"),
+    "functional convolution": (FunctionalConv, "Convolution"),
+    "learnt bias outside a layer": (LearntShift, "parameter used outside"),
+    "frozen functional convolution": (lambda: FunctionalConv(frozen=True), "Convolution"),
+    "leaf with a parameter": (Leaf, "no rule for layer 'middle' \\(Leaf\\)"),
+    "norm without a layer before it": (lambda: nn.BatchNorm2d(8), "does not directly follow"),
+    "norm merged into the wrong layer": (NormAfterActivation, "changed the model's output"),
+    "layer norm": (lambda: nn.GroupNorm(2, 8), "no rule for layer"),
+    "3-d convolution": (lambda: nn.Conv3d(8, 8, 1), "supported layers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_unsupported_architectures_are_refused_with_a_clear_message(case: str) -> None:
+    build, message = REFUSED[case]
+    model = Head(build()).eval()
+    handle = handle_for(model)
+    for _ in range(2):  # the refusal is remembered, and said again
+        with pytest.raises(ExplainerError, match=message):
+            lrp_relevance(handle, images(1), torch.tensor([0]))
+        assert forward_overrides(model) == []
+
+
+def test_a_softmax_output_is_refused() -> None:
+    model = nn.Sequential(Head(nn.Identity()), nn.Softmax(dim=1)).eval()
+    with pytest.raises(ExplainerError, match="Softmax"):
+        lrp_relevance(handle_for(model), images(1), torch.tensor([0]))
