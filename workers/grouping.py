@@ -55,6 +55,8 @@ class Job:
     """Set when the job is admitted (the record's ``attempts`` after the increment)."""
     started: float = field(default=0.0)
     """``time.monotonic()`` at admission."""
+    image: bytes | None = field(default=None, repr=False)
+    """The upload, fetched at admission (None: expired)."""
 
     @property
     def job_id(self) -> str:

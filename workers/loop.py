@@ -208,6 +208,7 @@ class Worker:
         for job, admission in zip(group, admissions, strict=True):
             if admission.outcome == "running":
                 job.attempt, job.started = admission.attempts, self.clock()
+                job.image = admission.image
                 admitted.append(job)
             elif admission.outcome == "dead":
                 self._dead(job, admission.attempts)
@@ -258,7 +259,7 @@ class Worker:
             reporter,
         )
         try:
-            outcomes = run_group(ctx, group, self.queue.images([job.job_id for job in group]))
+            outcomes = run_group(ctx, group, [job.image for job in group])
         except Cancelled:
             for job in group:
                 self.queue.ack(job.lane, job.entry_id)
@@ -351,7 +352,13 @@ class Progress:
         self._last_publish = float("-inf")
 
     def __call__(self, done: int, total: int) -> None:
-        """Raise :class:`Cancelled` when no job of the group is still running."""
+        """Raise :class:`Cancelled` when no job of the group is still running.
+
+        The last call (``done >= total``) costs nothing: the result write that follows checks
+        the records atomically and publishes the final event itself.
+        """
+        if total > 0 and done >= total:
+            return
         queue, now = self.worker.queue, self.worker.clock()
         if now - self._last_publish >= self.worker.progress_interval_s:
             self._last_publish = now

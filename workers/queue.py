@@ -103,6 +103,8 @@ class Admission:
     outcome: str
     """``running``, ``dead`` (too many attempts), ``gone``, or a final status."""
     attempts: int
+    image: bytes | None = None
+    """The upload (PNG bytes), fetched in the same round trip; None if expired."""
 
 
 def _text(value: Any) -> str:
@@ -241,7 +243,10 @@ class WorkerQueue:
     # --- job records --------------------------------------------------------------------------
 
     def admit(self, job_ids: list[str]) -> list[Admission]:
-        """Count an attempt and mark each job running, unless it is gone, final, or dead."""
+        """Count an attempt and mark each job running, unless it is gone, final, or dead.
+
+        One round trip, which also fetches the uploads.
+        """
         now = repr(time.time())
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
@@ -251,7 +256,12 @@ class WorkerQueue:
                 args=[self.max_attempts, now, self.consumer, self.keys.events(job_id), event],
                 client=pipe,
             )
-        return [Admission(_text(o), int(a)) for o, a in pipe.execute()]
+        pipe.mget([self.keys.image(job_id) for job_id in job_ids])
+        *replies, images = pipe.execute()
+        return [
+            Admission(_text(outcome), int(attempts), image)
+            for (outcome, attempts), image in zip(replies, images, strict=True)
+        ]
 
     def complete(
         self, lane: str, entry_id: str, job_id: str, result_json: str, heatmap: bytes
@@ -324,12 +334,6 @@ class WorkerQueue:
             job_id: (None if status is None else _text(status))
             for job_id, status in zip(job_ids, pipe.execute(), strict=True)
         }
-
-    def images(self, job_ids: list[str]) -> list[bytes | None]:
-        """The uploads of the jobs (PNG bytes), None where expired."""
-        if not job_ids:
-            return []
-        return list(self.client.mget([self.keys.image(job_id) for job_id in job_ids]))
 
     # --- heartbeat and metrics -----------------------------------------------------------------
 

@@ -40,6 +40,7 @@ def test_admission_marks_running_counts_the_attempt_and_publishes(
     pubsub.get_message(timeout=1)  # the subscribe confirmation
     (admission,) = queue.admit([job_id])
     assert (admission.outcome, admission.attempts) == ("running", 1)
+    assert admission.image == random_png(0)  # fetched in the same round trip
     rec = record(client, keys, job_id)
     assert rec["status"] == "running" and rec["attempts"] == "1"
     assert rec["worker"] == "in-process" and float(rec["started_at"]) > 0
