@@ -117,15 +117,20 @@ def captum_gradcam(model: nn.Module, x: Tensor, targets: Tensor) -> Runner:
 
 
 def pearson(a: Any, b: Any) -> float:
-    """Mean over rows of the Pearson correlation of two ``(B, H, W)`` map stacks."""
+    """Mean over rows of the Pearson correlation of two ``(B, H, W)`` map stacks.
+
+    Rows where either map is constant (an all-zero Grad-CAM: every position has negative
+    evidence, frequent with random weights) have no correlation and are left out.
+    """
     left = torch.as_tensor(np.asarray(a.detach().cpu() if isinstance(a, Tensor) else a))
     right = torch.as_tensor(np.asarray(b.detach().cpu() if isinstance(b, Tensor) else b))
     values = []
     for u, v in zip(left.flatten(1).double(), right.flatten(1).double(), strict=True):
         u, v = u - u.mean(), v - v.mean()
         denominator = float(u.norm() * v.norm())
-        values.append(float(u @ v) / denominator if denominator > 0 else float("nan"))
-    return statistics.fmean(values)
+        if denominator > 0:
+            values.append(float(u @ v) / denominator)
+    return statistics.fmean(values) if values else float("nan")
 
 
 def time_all(runners: dict[str, Runner], reps: int, device: torch.device) -> dict[str, float]:
@@ -154,12 +159,14 @@ def setting(
     for method in methods:
         runners[f"ours:{method}"] = ours(method, handle, x, targets)
         runners[f"grad-cam:{method}"] = grad_cam_lib(method, model, x, targets)
-    runners["captum:gradcam"] = captum_gradcam(model, x, targets)
+    if "gradcam" in methods:
+        runners["captum:gradcam"] = captum_gradcam(model, x, targets)
     outputs = {name: run() for name, run in runners.items()}  # warm-up, and the maps
-    seconds = time_all(runners, reps if "scorecam" not in methods else max(1, reps // 3), device)
+    seconds = time_all(runners, reps if "scorecam" not in methods else 1, device)
     rows = []
     pairs = [(m, f"grad-cam:{m}", "pytorch-grad-cam") for m in methods]
-    pairs.append(("gradcam", "captum:gradcam", "Captum LayerGradCam"))
+    if "gradcam" in methods:
+        pairs.append(("gradcam", "captum:gradcam", "Captum LayerGradCam"))
     for method, reference, label in pairs:
         mine = seconds[f"ours:{method}"]
         rows.append(
@@ -179,7 +186,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--reps", type=int, default=5, help="timed runs per implementation")
+    parser.add_argument("--reps", type=int, default=3, help="timed runs per implementation")
+    parser.add_argument(
+        "--reps-large", type=int, default=3, help="timed runs at batches over 8 (after a warm-up)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
         "--scorecam",
         nargs="*",
@@ -189,6 +200,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
         "| model | batch | method | ours ms | reference | reference ms | speed-up | "
@@ -198,11 +211,12 @@ def main() -> None:
     fast = ["gradcam", "gradcam_pp", "xgradcam", "layercam"]
     for arch in args.models:
         for batch in args.batches:
+            reps = args.reps if batch <= 8 else args.reps_large
             with torch.inference_mode(False):
-                for row in setting(arch, batch, fast, args.reps, device):
+                for row in setting(arch, batch, fast, reps, device):
                     print(row, flush=True)
                 if f"{arch}:{batch}" in args.scorecam:
-                    for row in setting(arch, batch, ["scorecam"], args.reps, device)[:1]:
+                    for row in setting(arch, batch, ["scorecam"], reps, device)[:1]:
                         print(row, flush=True)
 
 

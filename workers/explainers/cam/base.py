@@ -89,8 +89,9 @@ def layer_gradients(
         torch.enable_grad(),
         capture_many(modules, gradients=False, detach=False) as records,
     ):
-        # Clones are normal tensors even when the caller made inference-mode ones.
-        x = inputs.detach().clone().requires_grad_(True)
+        # Autograd refuses inference-mode tensors: those are cloned into normal ones.
+        x = inputs.detach()
+        x = (x.clone() if x.is_inference() else x).requires_grad_(True)
         logits = handle.model(x)
         index = targets.detach().clone().view(-1, 1).to(logits.device)
         score = logits.gather(1, index).sum()
