@@ -169,5 +169,5 @@ def gradual_extrapolation(
         layer=name,
         base=base,
         excitations=len(excitations),
-        forward_passes=evaluated,
+        forward_passes=int(evaluated) if float(evaluated).is_integer() else evaluated,
     )
