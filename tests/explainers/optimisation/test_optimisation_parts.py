@@ -24,6 +24,7 @@ from workers.explainers.optimisation.smooth_masks import (
     SmoothMaskGenerator,
     area_penalty,
 )
+from workers.explainers.optimisation.softmax_pool import _SoftmaxPool
 
 CPU = torch.device("cpu")
 
@@ -135,6 +136,23 @@ def test_smooth_mask_of_one_grid_point_is_a_flat_topped_blob() -> None:
     assert blob[distance <= 4.0].min() > 0.99  # flat top within σ/2
     assert blob[distance >= 3 * 8.0].max() < 0.01
     assert blob.argmax().item() in torch.nonzero((distance <= 4.0).flatten()).flatten().tolist()
+
+
+@pytest.mark.parametrize("band", [1, 3, 100])
+def test_softmax_pool_equals_the_autograd_expression(band: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.rand(2, 9, 5, 4, generator=generator, dtype=torch.float64)
+    kernel = torch.rand(1, 9, 1, 3, 1, 3, generator=generator, dtype=torch.float64)
+    upstream = torch.randn(2, 5, 3, 4, 3, generator=generator, dtype=torch.float64)
+    ours_in = patches.clone().requires_grad_(True)
+    ours = _SoftmaxPool.apply(ours_in, kernel, 20.0, band)
+    (ours_grad,) = torch.autograd.grad((ours * upstream).sum(), ours_in)
+    ref_in = patches.clone().requires_grad_(True)
+    weighted = ref_in[:, :, :, None, :, None] * kernel
+    ref = (weighted * torch.softmax(20.0 * weighted, dim=1)).sum(dim=1)
+    (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), ref_in)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-10, atol=1e-10)
 
 
 def test_blur_pyramid_interpolates_levels_linearly() -> None:

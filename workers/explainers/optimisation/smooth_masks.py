@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workers.explainers.optimisation.filters import gaussian_blur
+from workers.explainers.optimisation.softmax_pool import softmax_pool
 
 COLDNESS = 20.0
 
@@ -34,7 +35,7 @@ class SmoothMaskGenerator:
     cell of a canvas that covers the image (centred on it when ``H`` is not a multiple of
     ``step``). Every pixel sees the same ``(2r+1)²`` neighbours at the same distances as any
     other pixel at the same place in its cell, so the kernel is ``(2r+1)² × step × step``
-    and the mask is a broadcast product, with no gather.
+    and the pooling a broadcast product (:func:`.softmax_pool.softmax_pool`), with no gather.
     """
 
     def __init__(
@@ -64,9 +65,7 @@ class SmoothMaskGenerator:
         n, span = params.shape[0], 2 * self.radius + 1
         rows, cols = self.grid
         patches = F.unfold(params, span, padding=self.radius)  # (N, span², gh·gw)
-        patches = patches.view(n, span * span, rows, 1, cols, 1)
-        weighted = patches * self.kernel  # (N, span², gh, step, gw, step)
-        pooled = (weighted * torch.softmax(COLDNESS * weighted, dim=1)).sum(dim=1)
+        pooled = softmax_pool(patches.view(n, span * span, rows, cols), self.kernel, COLDNESS)
         canvas = pooled.reshape(n, 1, rows * self.step, cols * self.step)
         top, left = self.crop
         height, width = self.size
