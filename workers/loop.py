@@ -68,20 +68,36 @@ class Worker:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self, max_groups: int | None = None) -> int:
-        """Serve until ``stop`` is set (or ``max_groups`` more groups ran); returns groups run."""
-        self.queue.ensure_groups(self.runtime.lanes)
+        """Serve until ``stop`` is set (or ``max_groups`` more groups ran); returns groups run.
+
+        Redis outages and unexpected errors do not end the loop: it waits a second and goes
+        on. Entries it held at that moment are no longer refreshed, so they are taken over
+        after the visibility timeout (by this worker or another) like a crashed worker's.
+        """
         first = self.groups_run
         if max_groups is not None:
             max_groups += first
+        groups_ready = False
         while not self._done(max_groups):
             try:
+                if not groups_ready:
+                    self.queue.ensure_groups(self.runtime.lanes)
+                    groups_ready = True
                 entries = self._next_entries()
                 if entries:
                     self._run_jobs(self._prepare(entries), nested=False, max_groups=max_groups)
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 log.error("event=redis_unavailable error=%r", error)
-                self.stop.wait(1.0)
+                self._abandon()
+            except Exception:
+                log.exception("event=loop_error")
+                self._abandon()
         return self.groups_run - first
+
+    def _abandon(self) -> None:
+        """Stop refreshing what this worker holds, and pause before going on."""
+        self.queue.forget_in_flight()
+        self.stop.wait(1.0)
 
     def _done(self, max_groups: int | None) -> bool:
         return self.stop.is_set() or (max_groups is not None and self.groups_run >= max_groups)

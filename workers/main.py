@@ -78,7 +78,13 @@ def serve(settings: Settings, stop: threading.Event) -> int:
         recover_interval_s=settings.heartbeat_interval_s,
     )
     heartbeat = Heartbeat(worker, settings.heartbeat_interval_s)
-    heartbeat.beat()
+    while not stop.is_set():  # the first announcement waits for Redis
+        try:
+            heartbeat.beat()
+            break
+        except redis.RedisError as error:
+            log.error("event=redis_unavailable during=start error=%r", error)
+            stop.wait(1.0)
     heartbeat.start()
     log.info(
         "event=worker_ready worker=%s lanes=%s device=%s models=%s",

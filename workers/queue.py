@@ -210,6 +210,11 @@ class WorkerQueue:
             self.client.xclaim(self.keys.stream(lane), GROUP, self.consumer, 0, ids, justid=True)
         return sum(len(ids) for ids in held.values())
 
+    def forget_in_flight(self) -> None:
+        """Stop refreshing every held entry (after an error left them unfinished)."""
+        with self._lock:
+            self._in_flight.clear()
+
     def in_flight(self) -> dict[str, set[str]]:
         """A copy of the entries this worker holds, by lane."""
         with self._lock:

@@ -51,9 +51,10 @@ class Service:
             self.start_worker()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def service(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """Gateway and one worker serving the tiny test models (heartbeat 0.5 s, visibility 2 s)."""
+    """Gateway and one worker serving the tiny test models (heartbeat 0.5 s, visibility 2 s),
+    shared by every end-to-end module (starting them is the slow part)."""
     log_dir = tmp_path_factory.mktemp("e2e")
     models = log_dir / "models.toml"
     models.write_text(MODELS_TOML, encoding="utf-8")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
+import pytest
 import redis
 
 from app.contract.jobs import JobEnvelope
 from app.contract.keys import GROUP, Keys
+from tests.worker.conftest import make_queue
 from tests.worker.support import (
     cancel,
     enqueue,
@@ -20,6 +23,7 @@ from tests.worker.support import (
     wait_status,
 )
 from workers.loop import Worker
+from workers.runtime import Runtime
 
 LONG_OCCLUSION = {"window": 8, "stride": 4, "max_batch_size": 1}
 """50 forward passes of the 20 ms model: about a second."""
@@ -183,3 +187,28 @@ def test_stop_finishes_the_current_group_and_hands_the_rest_back(
     (entry,) = client.xrange(keys.stream("slow"))
     assert entry[0].decode() == rec["stream_id"]
     assert worker.queue.in_flight() == {}
+
+
+def test_a_job_interrupted_by_an_error_is_taken_over_after_the_visibility_timeout(
+    client: redis.Redis, keys: Keys, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = make_queue(client, keys, visibility_timeout_s=0.5)
+    worker = Worker(runtime, queue, threading.Event(), block_ms=100, recover_interval_s=0.1)
+    job_id = enqueue(client, keys, image=random_png(0))
+    complete = queue.complete
+    calls = []
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        if len(calls) == 1:
+            raise redis.ConnectionError("connection lost while writing")
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "complete", flaky)
+    started = time.monotonic()
+    assert worker.run(max_groups=1) == 1  # the interrupted group does not count
+    assert len(calls) == 2
+    rec = record(client, keys, job_id)
+    assert rec["status"] == "succeeded" and rec["attempts"] == "2"
+    assert time.monotonic() - started > 0.5  # not before the entry was idle long enough
+    assert client.xpending(keys.stream("fast"), GROUP)["pending"] == 0
