@@ -349,13 +349,15 @@ class Worker:
         if not force and now - self._last_preempt < self.preempt_interval_s:
             return
         self._last_preempt = now
+        entries: list[Entry] = []
         try:
             entries = self._recover_if_due("fast") or self.queue.claim(["fast"], None)
             if entries:
                 with torch.inference_mode(False), torch.enable_grad():
                     self._run_jobs(self._prepare(entries), nested=True)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            log.error("event=redis_unavailable during=preempt error=%r", error)
+        except Exception as error:  # never let a cheap job break the expensive group around it
+            log.error("event=preempt_failed error=%r", error, exc_info=True)
+            self.queue.forget(entries)  # taken over after the visibility timeout
 
 
 class Progress:

@@ -210,6 +210,11 @@ class WorkerQueue:
             self.client.xclaim(self.keys.stream(lane), GROUP, self.consumer, 0, ids, justid=True)
         return sum(len(ids) for ids in held.values())
 
+    def forget(self, entries: Iterable[Entry]) -> None:
+        """Stop refreshing these entries (left unfinished by an error)."""
+        for entry in entries:
+            self._untrack(entry.lane, entry.entry_id)
+
     def forget_in_flight(self) -> None:
         """Stop refreshing every held entry (after an error left them unfinished)."""
         with self._lock:
