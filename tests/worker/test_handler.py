@@ -245,7 +245,6 @@ def test_out_of_memory_at_one_sample_fails_the_job_not_the_process(
 
 
 def test_evaluation_is_computed_for_the_jobs_that_ask(runtime: Runtime) -> None:
-    pytest.importorskip("workers.explainers.metrics.deletion_insertion")
     handle = runtime.models["tiny"]
     jobs = [make_job(evaluate=["deletion", "insertion"], n=0), make_job(n=1)]
     outcomes = run_group(context(handle), jobs, [random_png(3), random_png(4)])
