@@ -157,3 +157,25 @@ def test_refusals_name_the_problem(tmp_path: Path, text: str, message: str) -> N
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ModelsFileError, match="does not exist"):
         read_models_file(tmp_path / "absent.toml")
+
+
+def test_the_example_file_parses_with_its_commented_entries(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "examples" / "models.toml"
+    assert [entry.name for entry in read_models_file(example)] == ["shapes"]
+    lines = example.read_text(encoding="utf-8").splitlines()
+    # Uncomment the example entries: "# [[models]]" and "# key = value" lines.
+    uncommented = [
+        line[2:] if line.startswith(("# [[models]]", "# ")) and " = " in line[:30] else line
+        for line in lines
+    ]
+    uncommented = [line.replace("# [[models]]", "[[models]]") for line in uncommented]
+    (tmp_path / "birds.txt").write_text("wren\nrobin\n", encoding="utf-8")
+    text = "\n".join(uncommented).replace("/models/birds.txt", str(tmp_path / "birds.txt"))
+    text = text.replace("../workers/", str(example.parents[1] / "workers") + "/")
+    entries = read_models_file(write(tmp_path, text))
+    assert [entry.name for entry in entries] == [
+        "shapes",
+        "resnet50",
+        "resnet18-random",
+        "my-densenet",
+    ]
