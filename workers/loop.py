@@ -29,7 +29,7 @@ from app.contract.metrics import EVALUATIONS
 from workers.explainers import Cancelled, explainer_names
 from workers.grouping import Job, effective_params, group_jobs, isolate_retries
 from workers.handler import GroupContext, Outcome, Problem, internal, invalid, run_group
-from workers.queue import Entry, WorkerQueue
+from workers.queue import Entry, Finished, WorkerQueue
 from workers.runtime import Runtime
 
 log = logging.getLogger("workers.loop")
@@ -293,34 +293,40 @@ class Worker:
             log.exception("event=group_crash method=%s size=%d", group[0].method, len(group))
             detail = f"{type(error).__name__}: {error}"
             outcomes = [Outcome(job, problem=internal(detail)) for job in group]
-        self.queue.record_batch(len(group))
         self._write(outcomes)
 
     def _write(self, outcomes: list[Outcome]) -> None:
+        """All outcomes of a group in one round trip, then its metrics and log lines."""
+        finished = [
+            Finished(
+                o.job.lane,
+                o.job.entry_id,
+                o.job.job_id,
+                o.result.model_dump_json(),
+                o.heatmap.tobytes(),
+            )
+            if o.result is not None and o.heatmap is not None
+            else Finished(
+                o.job.lane,
+                o.job.entry_id,
+                o.job.job_id,
+                problem=(o.problem or internal("no result")).as_dict(),
+            )
+            for o in outcomes
+        ]
+        written = self.queue.finish(finished)
         counted: list[tuple[str, str, float]] = []
-        for outcome in outcomes:
+        for outcome, was_written in zip(outcomes, written, strict=True):
             job = outcome.job
-            if outcome.result is not None and outcome.heatmap is not None:
-                written = self.queue.complete(
-                    job.lane,
-                    job.entry_id,
-                    job.job_id,
-                    outcome.result.model_dump_json(),
-                    outcome.heatmap.tobytes(),
-                )
-                status = "succeeded" if written else "dropped"
+            status = "succeeded" if outcome.result is not None else "failed"
+            if was_written:
+                counted.append((job.method, status, self._elapsed(job)))
             else:
-                problem = outcome.problem or internal("no result")
-                written = self.queue.fail(job.lane, job.entry_id, job.job_id, problem.as_dict())
-                status = "failed" if written else "dropped"
-            elapsed = self._elapsed(job)
-            if written:
-                counted.append((job.method, status, elapsed))
+                status = "dropped"  # cancelled meanwhile, or finished by another delivery
             self.jobs_done += 1
             extra = {"detail": repr(outcome.problem.detail)} if outcome.problem else {}
             self._log(f"job_{status}", job, group_size=len(outcomes), **extra)
-        if counted:
-            self.queue.record_jobs(counted)
+        self.queue.record_jobs(counted, batch_size=len(outcomes))
 
     def _elapsed(self, job: Job) -> float:
         return max(0.0, self.clock() - job.started) if job.started else 0.0

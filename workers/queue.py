@@ -107,6 +107,18 @@ class Admission:
     """The upload (PNG bytes), fetched in the same round trip; None if expired."""
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A job's outcome to write: a result and its heatmap, or a problem."""
+
+    lane: str
+    entry_id: str | None
+    job_id: str
+    result_json: str | None = None
+    heatmap: bytes | None = None
+    problem: dict[str, Any] | None = None
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -277,45 +289,69 @@ class WorkerQueue:
         self, lane: str, entry_id: str, job_id: str, result_json: str, heatmap: bytes
     ) -> bool:
         """Store the result and heatmap if the job is still running; acknowledge the entry."""
-        event = JobEvent(job_id=job_id, status=JobStatus.succeeded, progress=1.0).model_dump_json()
-        written = self._complete(
-            keys=[
-                self.keys.job(job_id),
-                self.keys.result(job_id),
-                self.keys.heatmap(job_id),
-                self.keys.stream(lane),
-            ],
-            args=[
-                result_json,
-                heatmap,
-                self.job_ttl_s,
-                repr(time.time()),
-                self.keys.events(job_id),
-                event,
-                GROUP,
-                entry_id,
-            ],
-        )
-        self._untrack(lane, entry_id)
-        return bool(written)
+        (written,) = self.finish([Finished(lane, entry_id, job_id, result_json, heatmap)])
+        return written
 
     def fail(self, lane: str, entry_id: str | None, job_id: str, problem: dict[str, Any]) -> bool:
         """Mark the job failed with a problem+json ``error`` unless it already ended; ack."""
-        event = JobEvent(job_id=job_id, status=JobStatus.failed).model_dump_json()
-        written = self._fail(
-            keys=[self.keys.job(job_id), self.keys.stream(lane)],
-            args=[
-                json.dumps(problem),
-                repr(time.time()),
-                self.keys.events(job_id),
-                event,
-                GROUP,
-                entry_id or "",
+        (written,) = self.finish([Finished(lane, entry_id, job_id, problem=problem)])
+        return written
+
+    def finish(self, jobs: list[Finished]) -> list[bool]:
+        """Write every outcome of a group in one round trip; True where it was written.
+
+        A result is written only while the record says ``running``, a failure only while it
+        says ``queued`` or ``running``; every entry is acknowledged and deleted either way.
+        """
+        now = repr(time.time())
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            if job.result_json is not None and job.heatmap is not None:
+                self._queue_complete(pipe, job, now)
+            else:
+                self._queue_fail(pipe, job, now)
+        written = [bool(reply) for reply in pipe.execute()]
+        for job in jobs:
+            if job.entry_id:
+                self._untrack(job.lane, job.entry_id)
+        return written
+
+    def _queue_complete(self, pipe: redis.client.Pipeline, job: Finished, now: str) -> None:
+        event = JobEvent(job_id=job.job_id, status=JobStatus.succeeded, progress=1.0)
+        self._complete(
+            keys=[
+                self.keys.job(job.job_id),
+                self.keys.result(job.job_id),
+                self.keys.heatmap(job.job_id),
+                self.keys.stream(job.lane),
             ],
+            args=[
+                job.result_json,
+                job.heatmap,
+                self.job_ttl_s,
+                now,
+                self.keys.events(job.job_id),
+                event.model_dump_json(),
+                GROUP,
+                job.entry_id,
+            ],
+            client=pipe,
         )
-        if entry_id:
-            self._untrack(lane, entry_id)
-        return bool(written)
+
+    def _queue_fail(self, pipe: redis.client.Pipeline, job: Finished, now: str) -> None:
+        event = JobEvent(job_id=job.job_id, status=JobStatus.failed)
+        self._fail(
+            keys=[self.keys.job(job.job_id), self.keys.stream(job.lane)],
+            args=[
+                json.dumps(job.problem or {}),
+                now,
+                self.keys.events(job.job_id),
+                event.model_dump_json(),
+                GROUP,
+                job.entry_id or "",
+            ],
+            client=pipe,
+        )
 
     def progress(self, job_ids: list[str], done: int, total: int) -> dict[str, str | None]:
         """Publish progress of running jobs; returns every job's status (None: record gone)."""
@@ -365,8 +401,11 @@ class WorkerQueue:
         pipe.zrem(self.keys.workers, worker_id)
         pipe.execute()
 
-    def record_jobs(self, outcomes: Iterable[tuple[str, str, float]]) -> None:
-        """Count finished jobs: (method, final status, seconds) each."""
+    def record_jobs(
+        self, outcomes: Iterable[tuple[str, str, float]], batch_size: int | None = None
+    ) -> None:
+        """Count finished jobs, (method, final status, seconds) each, and the explainer call
+        over ``batch_size`` jobs that produced them (if any); one round trip."""
         pipe = self.client.pipeline(transaction=False)
         key = self.keys.metrics
         for method, status, seconds in outcomes:
@@ -376,18 +415,18 @@ class WorkerQueue:
                     pipe.hincrbyfloat(key, f"job_seconds_bucket:{method}:{le}", 1)
             pipe.hincrbyfloat(key, f"job_seconds_sum:{method}", seconds)
             pipe.hincrbyfloat(key, f"job_seconds_count:{method}", 1)
-        pipe.execute()
+        if batch_size is not None:
+            for le in (*BATCH_SIZE_BUCKETS, "+Inf"):
+                if le == "+Inf" or batch_size <= int(le):
+                    pipe.hincrbyfloat(key, f"batch_size_bucket:{le}", 1)
+            pipe.hincrbyfloat(key, "batch_size_sum", batch_size)
+            pipe.hincrbyfloat(key, "batch_size_count", 1)
+        if len(pipe):
+            pipe.execute()
 
     def record_batch(self, size: int) -> None:
         """Count one explainer call over ``size`` jobs."""
-        pipe = self.client.pipeline(transaction=False)
-        key = self.keys.metrics
-        for le in (*BATCH_SIZE_BUCKETS, "+Inf"):
-            if le == "+Inf" or size <= int(le):
-                pipe.hincrbyfloat(key, f"batch_size_bucket:{le}", 1)
-        pipe.hincrbyfloat(key, "batch_size_sum", size)
-        pipe.hincrbyfloat(key, "batch_size_count", 1)
-        pipe.execute()
+        self.record_jobs([], batch_size=size)
 
     # --- helpers ------------------------------------------------------------------------------
 

@@ -195,16 +195,16 @@ def test_a_job_interrupted_by_an_error_is_taken_over_after_the_visibility_timeou
     queue = make_queue(client, keys, visibility_timeout_s=0.5)
     worker = Worker(runtime, queue, threading.Event(), block_ms=100, recover_interval_s=0.1)
     job_id = enqueue(client, keys, image=random_png(0))
-    complete = queue.complete
+    finish = queue.finish
     calls = []
 
     def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(args)
         if len(calls) == 1:
             raise redis.ConnectionError("connection lost while writing")
-        return complete(*args, **kwargs)
+        return finish(*args, **kwargs)
 
-    monkeypatch.setattr(queue, "complete", flaky)
+    monkeypatch.setattr(queue, "finish", flaky)
     started = time.monotonic()
     assert worker.run(max_groups=1) == 1  # the interrupted group does not count
     assert len(calls) == 2

@@ -12,7 +12,7 @@ from app.contract.jobs import JobEvent, WorkerAnnouncement
 from app.contract.keys import GROUP, Keys
 from tests.worker.conftest import make_queue
 from tests.worker.support import cancel, enqueue, random_png, record
-from workers.queue import WorkerQueue
+from workers.queue import Finished, WorkerQueue
 
 
 def claim_one(queue: WorkerQueue, lane: str = "fast") -> str:
@@ -195,3 +195,29 @@ def test_metrics_histograms_are_cumulative(
     assert metrics["job_seconds_count:gradcam"] == 2
     assert [metrics.get(f"batch_size_bucket:{le}", 0) for le in (4, 8, 64, "+Inf")] == [0, 1, 1, 1]
     assert metrics["batch_size_sum"] == 5 and metrics["batch_size_count"] == 1
+
+
+def test_a_groups_outcomes_are_written_together(
+    client: redis.Redis, keys: Keys, queue: WorkerQueue
+) -> None:
+    ok, bad, cancelled = (enqueue(client, keys, image=random_png(i)) for i in range(3))
+    entries = {e.entry_id for e in queue.claim(["fast"], None)}
+    queue.admit([ok, bad, cancelled])
+    cancel(client, keys, cancelled)
+    ids = {j: record(client, keys, j)["stream_id"] for j in (ok, bad, cancelled)}
+    assert set(ids.values()) == entries
+    problem = {"type": "about:blank", "title": "Bad", "status": 422, "detail": "no"}
+    written = queue.finish(
+        [
+            Finished("fast", ids[ok], ok, '{"ok": 1}', b"\0\0\0\0"),
+            Finished("fast", ids[bad], bad, problem=problem),
+            Finished("fast", ids[cancelled], cancelled, '{"ok": 2}', b"\0\0\0\0"),
+        ]
+    )
+    assert written == [True, True, False]
+    assert [record(client, keys, j)["status"] for j in (ok, bad, cancelled)] == [
+        "succeeded",
+        "failed",
+        "cancelled",
+    ]
+    assert client.xlen(keys.stream("fast")) == 0 and queue.in_flight() == {}
