@@ -21,6 +21,8 @@ Saliency: the final ``m`` (high = kept). Cost: ``iterations`` × (F + B) per ima
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,6 +39,30 @@ from workers.explainers.optimisation.loop import (
 )
 from workers.explainers.optimisation.optimisers import RMSPropTF1
 from workers.explainers.registry import register
+
+
+@dataclass(frozen=True)
+class _Objective:
+    """NeuroMask's per-image loss for one chunk of images (display space, targets)."""
+
+    handle: ModelHandle
+    display: Tensor
+    targets: Tensor
+    kernel: Tensor
+    temperature: float
+    weight_limit: float
+    lambdas: tuple[float, float, float]
+
+    def loss(self, w: Tensor, rows: Tensor, t: int) -> Tensor:
+        """``λ_pred·CE + λ_sparse·mean|W + limit| + λ_smooth·mean((K ⋆ W)²)`` per row."""
+        m = torch.sigmoid(w / self.temperature)
+        masked = self.handle.from_display(self.display[rows] * m)  # x·m + black·(1 − m)
+        logits = self.handle.model(masked.to(self.display.dtype)).to(w.dtype)
+        pred = F.cross_entropy(logits, self.targets[rows], reduction="none")
+        sparse = (w + self.weight_limit).abs().flatten(1).mean(dim=1)
+        smooth = F.conv2d(w, self.kernel).pow(2).flatten(1).mean(dim=1)
+        lambda_pred, lambda_sparse, lambda_smooth = self.lambdas
+        return lambda_pred * pred + lambda_sparse * sparse + lambda_smooth * smooth
 
 
 @register("neuromask")
@@ -65,9 +91,9 @@ def neuromask(
     batch, size = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
     budget = Budget(iterations, early_stop, patience, tolerance)
     optimiser = RMSPropTF1(lr=learning_rate, ms_init=rms_init)
+    lambdas = (lambda_pred, lambda_sparse, lambda_smooth)
     with ordinary_tensors():
-        display = handle.to_display(inputs.clone())
-        dtype = mask_dtype(inputs)
+        display, dtype = handle.to_display(inputs.clone()), mask_dtype(inputs)
         kernel = laplacian_kernel(laplacian, device=inputs.device, dtype=dtype)
         draw = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(seed))
         start = (2 * draw - 1).to(inputs.device, dtype) * weight_limit
@@ -75,30 +101,12 @@ def neuromask(
         steps = torch.empty(batch, dtype=torch.long, device=inputs.device)
         chunks = list(iter_chunks(batch, max_batch_size or 64))
         for index, rows in enumerate(chunks):
-            chunk_display, chunk_targets = display[rows], targets[rows]
-
-            def loss_fn(
-                w: Tensor,
-                active: Tensor,
-                t: int,
-                x: Tensor = chunk_display,
-                c: Tensor = chunk_targets,
-            ) -> Tensor:
-                m = torch.sigmoid(w / temperature)
-                masked = handle.from_display(x[active] * m)  # = x·m + black·(1 − m)
-                logits = handle.model(masked.to(inputs.dtype)).to(w.dtype)
-                pred = F.cross_entropy(logits, c[active], reduction="none")
-                sparse = (w + weight_limit).abs().flatten(1).mean(dim=1)
-                smooth = F.conv2d(w, kernel).pow(2).flatten(1).mean(dim=1)
-                return lambda_pred * pred + lambda_sparse * sparse + lambda_smooth * smooth
-
-            outcome = minimise(
-                loss_fn,
-                start.expand(rows.stop - rows.start, -1, -1, -1),
-                optimiser,
-                budget,
-                on_step=progress_reporter(progress, index, iterations, len(chunks)),
+            objective = _Objective(
+                handle, display[rows], targets[rows], kernel, temperature, weight_limit, lambdas
             )
+            init = start.expand(rows.stop - rows.start, -1, -1, -1)
+            report = progress_reporter(progress, index, iterations, len(chunks))
+            outcome = minimise(objective.loss, init, optimiser, budget, on_step=report)
             masks[rows] = torch.sigmoid(outcome.params / temperature)
             steps[rows] = outcome.steps
     meta = [{"forward_passes": s, "backward_passes": s, "iterations": s} for s in steps.tolist()]
