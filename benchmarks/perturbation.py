@@ -88,6 +88,7 @@ class Setup:
     device: torch.device
     batch: int
     repeats: int = 2
+    clock: Callable[[], float] = time.perf_counter
 
     def race(self, runs: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, int, Any]]:
         """Each run ``repeats`` times, interleaved; the fastest time of each (the machine is
@@ -101,13 +102,13 @@ class Setup:
         return best
 
     def timed(self, fn: Callable[[], Any]) -> tuple[float, int, Any]:
-        """(seconds, evaluations, result) of ``fn``; CUDA synchronised around it."""
+        """(seconds on ``clock``, evaluations, result) of ``fn``; CUDA synchronised around it."""
         self.counter.rows = 0
         self._sync()
-        start = time.perf_counter()
+        start = self.clock()
         out = fn()
         self._sync()
-        return time.perf_counter() - start, self.counter.rows, out
+        return self.clock() - start, self.counter.rows, out
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -119,16 +120,18 @@ class Setup:
 
 
 def floor_per_image(setup: Setup, batches: list[int], reps: int) -> tuple[float, int]:
-    """Best per-image forward time over ``batches`` (min over ``reps``) and its batch size."""
+    """Best per-image forward time over ``batches`` and both memory layouts (NCHW, NHWC),
+    fastest of ``reps``; returns it with its batch size."""
     best, best_batch = math.inf, batches[0]
     with torch.inference_mode():
         for batch in batches:
-            x = setup.inputs.expand(batch, -1, -1, -1).contiguous()
-            setup.counter(x)  # warm-up at this size
-            for _ in range(reps):
-                seconds, _, _ = setup.timed(lambda x=x: setup.counter(x))
-                if seconds / batch < best:
-                    best, best_batch = seconds / batch, batch
+            for layout in (torch.contiguous_format, torch.channels_last):
+                x = setup.inputs.expand(batch, -1, -1, -1).contiguous(memory_format=layout)
+                setup.counter(x)  # warm-up at this size and layout
+                for _ in range(reps):
+                    seconds, _, _ = setup.timed(lambda x=x: setup.counter(x))
+                    if seconds / batch < best:
+                        best, best_batch = seconds / batch, batch
     return best, best_batch
 
 
@@ -333,7 +336,9 @@ def bench_fmo(setup: Setup, dense_stride: int, deletion_step: int) -> list[Resul
     return results_of(setup, f"fmo vs {dense_name}", runs, dense_name, notes=notes)
 
 
-def demo_quality(device: torch.device, scenes: int, batch: int) -> str:
+def demo_quality(
+    device: torch.device, scenes: int, batch: int, clock: Callable[[], float] = time.perf_counter
+) -> str:
     """FMO vs exhaustive occlusion on the trained demo model: deletion AUC and pointing game
     over held-out scenes (random weights make deletion AUCs meaningless)."""
 
@@ -365,9 +370,9 @@ def demo_quality(device: torch.device, scenes: int, batch: int) -> str:
     }
     for name, run in runs.items():
         counter.rows = 0
-        start = time.perf_counter()
+        start = clock()
         saliency = run().saliency
-        seconds = time.perf_counter() - start
+        seconds = clock() - start
         evals = counter.rows / scenes
         deletion = deletion_auc(handle, inputs, targets, saliency, max_batch_size=batch)
         insertion = insertion_auc(handle, inputs, targets, saliency, max_batch_size=batch)
@@ -379,7 +384,9 @@ def demo_quality(device: torch.device, scenes: int, batch: int) -> str:
     return "\n".join(lines)
 
 
-def make_setup(name: str, device: torch.device, size: int, batch: int, repeats: int) -> Setup:
+def make_setup(
+    name: str, device: torch.device, size: int, batch: int, repeats: int, clock: Callable[[], float]
+) -> Setup:
     """A random-weight torchvision model, one synthetic scene, its top-1 class."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval().to(device)
@@ -389,7 +396,7 @@ def make_setup(name: str, device: torch.device, size: int, batch: int, repeats: 
     inputs = handle.from_display(image)
     with torch.inference_mode():
         target = int(model(inputs).argmax())
-    return Setup(name, handle, counter, inputs, target, device, batch, repeats)
+    return Setup(name, handle, counter, inputs, target, device, batch, repeats, clock)
 
 
 def table(results: list[Result], floors: dict[str, tuple[float, int]]) -> str:
@@ -425,15 +432,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="resnet18,resnet50")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--batch", type=int, default=0, help="forward batch of every method (0: the floor's best)"
+    )
     parser.add_argument("--occlusion-window", type=int, default=32)
     parser.add_argument("--occlusion-stride", type=int, default=16)
     parser.add_argument("--lime-samples", type=int, default=300)
     parser.add_argument("--rise-masks", type=int, default=500)
     parser.add_argument("--dense-stride", type=int, default=4)
     parser.add_argument("--deletion-step", type=int, default=448)
-    parser.add_argument("--floor-batches", default="1,8,16,32,64")
+    parser.add_argument("--floor-batches", default="8,16,32")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side (fastest kept)")
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default=None,
+        help="cpu: process CPU time (default on CPU: insensitive to other processes on a shared "
+        "machine, exact with --threads 1); wall: elapsed time (default on CUDA)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
         "--demo-scenes", type=int, default=16, help="FMO quality on the trained demo model (0: off)"
@@ -443,17 +459,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    clock_name = args.clock or ("wall" if device.type == "cuda" else "cpu")
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
     skip = set(filter(None, args.skip.split(",")))
     results: list[Result] = []
     floors: dict[str, tuple[float, int]] = {}
     started = time.perf_counter()
     for name in args.models.split(","):
-        setup = make_setup(name, device, args.size, args.batch, args.repeats)
+        setup = make_setup(name, device, args.size, args.batch or 64, args.repeats, clock)
         batches = [int(b) for b in args.floor_batches.split(",")]
         floors[name] = floor_per_image(setup, batches, reps=setup.repeats)
+        setup.batch = args.batch or floors[name][1]
         print(
             f"{name}: floor {floors[name][0] * 1000:.2f} ms/image at batch {floors[name][1]}, "
-            f"target class {setup.target}",
+            f"target class {setup.target}; methods run at batch {setup.batch}",
             flush=True,
         )
         if "occlusion" not in skip:
@@ -464,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
             results += bench_rise(setup, args.rise_masks)
         if "fmo" not in skip:
             results += bench_fmo(setup, args.dense_stride, args.deletion_step)
-        floors[name] = min(floors[name], floor_per_image(setup, batches, reps=setup.repeats))
+        again = floor_per_image(setup, [floors[name][1]], reps=setup.repeats)  # drift check
+        floors[name] = min(floors[name], again)
         print(f"  done at {time.perf_counter() - started:.0f} s", flush=True)
     device_name = (
         torch.cuda.get_device_name(device)
@@ -472,12 +492,15 @@ def main(argv: list[str] | None = None) -> None:
         else (f"CPU, {torch.get_num_threads()} torch threads")
     )
     print(
-        f"\n{device_name}, torch {torch.__version__}, batch {args.batch}, {args.size} px, "
-        f"total {time.perf_counter() - started:.0f} s\n"
+        f"\n{device_name}, torch {torch.__version__}, {args.size} px, "
+        f"{clock_name} clock, total {time.perf_counter() - started:.0f} s wall\n"
     )
+    for name, (seconds, batch) in floors.items():
+        print(f"floor {name}: {seconds * 1000:.2f} ms per image (batch {batch})")
+    print()
     print(table(results, floors))
     if args.demo_scenes:
-        print("\n" + demo_quality(device, args.demo_scenes, args.batch))
+        print("\n" + demo_quality(device, args.demo_scenes, args.batch or 64, clock))
 
 
 if __name__ == "__main__":
