@@ -12,17 +12,21 @@ and batch 32, each with its own target per image, one run times:
   the summed target logits with respect to the input).
 
 Every timing covers the whole call a service would make (hooks registered and removed, maps
-up-sampled), and the runs of one setting are interleaved round-robin, so machine noise hits
-all of them alike; the median is reported. The ``r`` column is the mean Pearson correlation
-between our map and the reference's for the same images (a check that both compute the same
-thing; Score-CAM's weighting differs on purpose: ours uses the target probability as in the
-authors' code, pytorch-grad-cam a softmax of the logits over channels).
+up-sampled), and the runs of one setting are interleaved (each rep in a new order), so machine
+noise hits all of them alike; the best of the runs is reported (after one warm-up run). The ``r``
+column is the mean Pearson correlation between our map and the reference's for the same
+images (a check that both compute the same thing; Score-CAM's weighting differs on purpose:
+ours uses the target probability as in the authors' code, pytorch-grad-cam a softmax of the
+logits over channels).
 
 Score-CAM costs 1 + K forwards per image (K = 512 channels for ResNet-18 ``layer4``, 2048 for
 ResNet-50), so on a CPU it is run only where ``--scorecam`` says (default ``resnet18:1``).
 
-    nice -n 10 .venv/bin/python -m benchmarks.cam                    # full run (~10 min CPU)
-    .venv/bin/python -m benchmarks.cam --models resnet18 --batches 1 --reps 3
+    nice -n 10 .venv/bin/python -m benchmarks.cam --models resnet18 --threads 1  # ~9 min CPU
+    nice -n 10 .venv/bin/python -m benchmarks.cam --models resnet50 --threads 1 --scorecam \
+        --reps-large 2                                                          # ~10 min CPU
+    .venv/bin/python -m benchmarks.cam --device cuda --scorecam resnet18:1 resnet18:32 \
+        resnet50:1 resnet50:32                                                  # on a GPU
 
 Prints a Markdown table (results: ``benchmarks/results/cam.md``).
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -134,16 +139,23 @@ def pearson(a: Any, b: Any) -> float:
 
 
 def time_all(runners: dict[str, Runner], reps: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each runner, the runs interleaved round-robin."""
+    """Best (minimum) seconds of each runner; every rep runs all of them in a new order.
+
+    On a shared machine other processes only ever add time, so the minimum is the estimate
+    least disturbed by them.
+    """
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(reps):
-        for name, run in runners.items():
+    names = list(runners)
+    for rep in range(reps):
+        random.Random(rep).shuffle(names)  # a different order (and neighbours) every rep
+        for name in names:
+            run = runners[name]
             sync(device)
             start = time.perf_counter()
             run()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: min(values) for name, values in times.items()}
 
 
 def setting(
@@ -186,7 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--reps", type=int, default=3, help="timed runs per implementation")
+    parser.add_argument("--reps", type=int, default=10, help="timed runs at batches up to 8")
     parser.add_argument(
         "--reps-large", type=int, default=3, help="timed runs at batches over 8 (after a warm-up)"
     )
