@@ -19,10 +19,12 @@ install: $(STAMP)
 run: $(STAMP)
 	PORT=$(PORT) PYTHON=$(PY) bash scripts/run.sh
 
+# One torch thread per process in tests: the suite runs worker and gateway processes beside
+# the test process on a 2-core machine, and oversubscribed torch threads slow all of them.
 test: $(STAMP)
 	bash scripts/test-deps.sh
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
