@@ -80,7 +80,7 @@ class GradualExtrapolationParams(LayerParams):
     reproduce_code_quirks: bool = Field(
         False,
         description="Behave like the released code: every pooling / stride-2 layer (also "
-        "deeper than the map), batch-wide maxima and normalisation, no ReLU on channel sums.",
+        "deeper than the map), batch-wide maxima and normalisation, raw (signed) channel sums.",
     )
 
 

@@ -68,8 +68,8 @@ def hand_computed(model: nn.Sequential, x: Tensor, target: int) -> Tensor:
     a2 = torch.relu(torch.einsum("oc,chw->ohw", w2, e2))  # the CAM layer, 4 px
     weights = model[10].weight[target] / 16  # d logit / d a2 is uniform after GAP + fc
     m = torch.relu((weights[:, None, None] * a2).sum(0))  # Grad-CAM, 4 × 4
-    m = up2(m) * e1.sum(0).clamp(min=0) / e1.max()
-    m = up2(m) * a0.sum(0).clamp(min=0) / a0.max()
+    m = up2(m) * e1.clamp(min=0).sum(0) / e1.max()  # post-ReLU: Σ ReLU(e) = Σ e
+    m = up2(m) * a0.clamp(min=0).sum(0) / a0.max()
     return standardised(m)
 
 
@@ -181,3 +181,54 @@ def test_a_batch_equals_each_image_alone_and_hooks_are_removed() -> None:
     with pytest.raises(ExplainerError):
         explain(h, x, targets, layer="no.such.layer")
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_pre_activation_excitations_keep_their_positive_channels() -> None:
+    """A stride-2 convolution's output can have negative channel sums everywhere (before its
+    batch norm); only the positive part of each channel modulates the map, so it is not blanked.
+    """
+    from workers.explainers.propagation.gradual_extrapolation import extrapolate
+
+    pattern = torch.zeros(4, 4)
+    pattern[1, 2] = 2.0
+    pattern[3, 0] = 1.0
+    e = torch.stack([pattern, torch.full((4, 4), -5.0)])[None]  # Σ_c e < 0 at every pixel
+    coarse = torch.ones(1, 2, 2)
+    refined = extrapolate(coarse, [e], quirks=False)[0]
+    torch.testing.assert_close(refined, standardised(pattern / 2.0))
+    assert refined[1, 2] == 1.0 and refined.max() == 1.0
+
+
+def test_the_network_input_is_not_used_as_an_excitation() -> None:
+    """A first layer with stride 2 (ResNet-style): E₀ would be the normalised image; skipped."""
+    from workers.explainers.propagation.gradual_extrapolation import extrapolate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).eval()
+    h = handle(model)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    targets = torch.tensor([0, 1])
+    result = explain(h, x, targets, layer="4")
+    assert result.meta[0]["excitations"] == 1
+    _, maps = cam_maps("gradcam", h, x, targets, "4")
+    with torch.no_grad():
+        strided = model[0](x)  # pre-activation output of the stride-2 convolution, 8 px
+    expected = upsample_to(extrapolate(maps, [strided], quirks=False), 16)
+    torch.testing.assert_close(result.saliency, expected, rtol=1e-4, atol=1e-5)
+    quirky = explain(h, x, targets, layer="4", reproduce_code_quirks=True)
+    assert quirky.meta[0]["excitations"] == 3  # the image, the strided output, the pool
+
+
+def upsample_to(maps: Tensor, size: int) -> Tensor:
+    return torch.nn.functional.interpolate(
+        maps[:, None], size=(size, size), mode="bilinear", align_corners=False
+    )[:, 0]

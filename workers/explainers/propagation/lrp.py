@@ -21,8 +21,12 @@ Batch norms are merged into the preceding layer; ReLU and max pooling pass relev
 ``Norm``, without its 1e-6 stabiliser). Implementation: the rules as modified gradients
 (``lrp_rules``), one forward and one backward for the whole batch, each row seeded with its own
 target; the maps equal Zennit's ``Gradient`` attributor with the same composite and its
-ResNet / VGG canonizers, to float precision. Architectures with operations that have no LRP
-rule (other activations, gates, un-merged batch norms) are refused (``lrp_check``).
+ResNet / VGG canonizers to float64 precision (tests), with two deliberate differences of order
+1e-5: sums and average pools get no 1e-6 stabiliser (none is needed without a division), and
+the batch-norm merge is exact (Zennit's merged norm still computes ``x / sqrt(1 + eps)``).
+Rules are cached per model (invalidated when a parameter changes) and the layer replacement
+lasts one forward pass. Architectures with operations that have no LRP rule (other
+activations, gates, un-merged batch norms, a softmax output) are refused (``lrp_check``).
 
 Pixel map: the relevance **summed** over colour channels (sign kept, not normalised), so the
 map sums to the total input relevance. The hybrid paper averages instead; the two differ only by

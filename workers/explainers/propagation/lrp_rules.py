@@ -149,6 +149,9 @@ class AlphaBeta(Rule):
     def forward(self, x: Tensor) -> tuple[Tensor, Saved]:
         wp, wn, bp, bn = self._weights()
         z = self.op(x, self.weight, self.bias)
+        if self.nonneg and not self.beta:  # z⁺ on post-ReLU inputs: z⁺ ≥ 0, stab = z⁺ + ε
+            shifted = self.prepared("b+ε", lambda: self._shifted_bias(bp, wp))
+            return z, (z / self.op(x, wp, shifted),)
         if self.nonneg:
             zp, zn = self.op(x, wp, bp), (self.op(x, wn, bn) if self.beta else None)
         else:
@@ -159,6 +162,11 @@ class AlphaBeta(Rule):
         rn = z * (-self.beta / stabilise(zn, self.stabiliser)) if zn is not None else None
         saved = (rp,) if rn is None else (rp, rn)
         return z, saved if self.nonneg else (*saved, x)
+
+    def _shifted_bias(self, bp: Tensor | None, wp: Tensor) -> Tensor:
+        """``b⁺ + ε``: the z⁺ stabiliser folded into the bias (zeros when there is no bias)."""
+        base = bp if bp is not None else torch.zeros(wp.shape[0], dtype=wp.dtype, device=wp.device)
+        return base + self.stabiliser
 
     def backward(self, g: Tensor, saved: Saved, in_shape: torch.Size) -> Tensor:
         wp, wn, _, _ = self._weights()
