@@ -235,18 +235,28 @@ def cpu_snapshot(stack: Stack) -> dict[str, float]:
     return snapshot
 
 
+RETRIES: list[str] = []
+"""503 answers that were retried (their problem details), reported with the results."""
+
+
 def post(client: httpx.Client, model: str, image: bytes, form: str) -> httpx.Response:
-    """One synchronous explanation request in response form ``form``."""
+    """One synchronous explanation request in response form ``form`` (503s retried)."""
     params = {"heatmap_data": "false"} if form == "json" else {}
     headers = {"Accept": "image/png"} if form == "png" else {}
-    response = client.post(
-        "/v1/explanations",
-        params=params,
-        headers=headers,
-        data={"method": "gradcam", "model": model, "wait": "30"},
-        files={"file": ("scene.png", image, "image/png")},
-    )
-    response.raise_for_status()
+    for _ in range(10):
+        response = client.post(
+            "/v1/explanations",
+            params=params,
+            headers=headers,
+            data={"method": "gradcam", "model": model, "wait": "30"},
+            files={"file": ("scene.png", image, "image/png")},
+        )
+        if response.status_code != 503:
+            break
+        RETRIES.append(response.text)
+        time.sleep(min(1.0, float(response.headers.get("retry-after", 1))))
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.status_code}: {response.text}")
     return response
 
 
@@ -333,6 +343,11 @@ async def client_loop(
         if response.status_code == 200:
             done += 1
             sizes.append(int(response.json()["meta"]["group_size"]))
+        elif response.status_code == 503:
+            RETRIES.append(response.text)
+            await asyncio.sleep(1.0)
+        else:
+            raise RuntimeError(f"{response.status_code}: {response.text}")
     return done
 
 
@@ -453,6 +468,8 @@ def report(
         "also hold the time the processes waited for a core.",
         "",
     ]
+    if RETRIES:
+        lines += [f"503 answers retried during the run: {len(RETRIES)} (first: {RETRIES[0]})", ""]
     return "\n".join(lines)
 
 
