@@ -3,11 +3,12 @@
 For ResNet-18 and ResNet-50 (random weights: this is a speed benchmark) at 224 px, batch 1
 and batch 32, each image with its own target, one run times:
 
-* our ``lrp`` (composite ``epsilon_plus_flat``: the whole call a worker makes, including the
-  per-call layer replacement and the channel sum);
-* Zennit's ``Gradient`` attributor with ``EpsilonPlusFlat`` and its ``ResNetCanonizer``,
-  registered and removed around each call (a service must leave the model unchanged between
-  jobs), output relevance ``onehot(target) · logits``;
+* our ``lrp`` (default composite ``epsilon_plus_flat``: the whole call a worker makes,
+  including the per-call layer replacement and the channel sum);
+* Zennit's ``Gradient`` attributor with the same composite (``EpsilonPlusFlat``; others with
+  ``--composites``) and its ``ResNetCanonizer``, registered and removed around each call (a
+  service must leave the model unchanged between jobs), output relevance
+  ``onehot(target) · logits``;
 * the floor: one forward plus one backward pass of the model for the batch (the gradient of the
   summed target logits with respect to the input);
 * our ``gradcam_lrp`` and ``gradual_extrapolation`` (defaults), for their ratio to the floor.
@@ -39,10 +40,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from zennit.attribution import Gradient
-from zennit.composites import EpsilonPlusFlat
 from zennit.torchvision import ResNetCanonizer
 
 from workers.explainers import ModelHandle, get_explainer
+from workers.explainers.propagation.lrp_plan import zennit_composite
 
 SIZE = 224
 Runner = Callable[[], Any]
@@ -65,21 +66,24 @@ def floor(model: nn.Module, x: Tensor, targets: Tensor) -> Runner:
     return run
 
 
-def ours(method: str, handle: ModelHandle, x: Tensor, targets: Tensor) -> Runner:
+def ours(method: str, handle: ModelHandle, x: Tensor, targets: Tensor, **kw: Any) -> Runner:
     """Our explainer on the whole batch."""
     explain = get_explainer(method)
-    return lambda: explain(handle, x, targets).saliency
+    return lambda: explain(handle, x, targets, **kw).saliency
 
 
-def zennit_lrp(model: nn.Module, x: Tensor, targets: Tensor) -> Runner:
+def zennit_lrp(name: str, handle: ModelHandle, x: Tensor, targets: Tensor) -> Runner:
     """Zennit's attributor as its documentation shows, composite registered per call."""
+    mean = torch.tensor(handle.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(handle.std, device=x.device).view(1, -1, 1, 1)
 
     def seed(output: Tensor) -> Tensor:
         return F.one_hot(targets, output.shape[1]).to(output) * output
 
     def run() -> Tensor:
-        composite = EpsilonPlusFlat(canonizers=[ResNetCanonizer()])
-        with Gradient(model=model, composite=composite) as attributor:
+        composite = zennit_composite(name, 1e-6, (0 - mean) / std, (1 - mean) / std)
+        composite.canonizers = [ResNetCanonizer()]
+        with Gradient(model=handle.model, composite=composite) as attributor:
             _, relevance = attributor(x, seed)
         return relevance.sum(dim=1)
 
@@ -108,33 +112,41 @@ def time_all(runners: dict[str, Runner], reps: int, device: torch.device) -> dic
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def setting(arch: str, batch: int, reps: int, device: torch.device, hybrids: bool) -> list[str]:
+def setting(
+    arch: str,
+    batch: int,
+    reps: int,
+    device: torch.device,
+    composites: list[str],
+    hybrids: bool,
+) -> list[str]:
     """Markdown rows for one model at one batch size."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None).eval().to(device)
     handle = ModelHandle(arch, model, (SIZE, SIZE), default_layer="layer4", architecture=arch)
     x = torch.randn(batch, 3, SIZE, SIZE, device=device)
     targets = torch.randint(0, 1000, (batch,), device=device)
-    runners: dict[str, Runner] = {
-        "floor": floor(model, x, targets),
-        "lrp": ours("lrp", handle, x, targets),
-        "zennit": zennit_lrp(model, x, targets),
-    }
+    runners: dict[str, Runner] = {"floor": floor(model, x, targets)}
+    for name in composites:
+        runners[f"lrp:{name}"] = ours("lrp", handle, x, targets, composite=name)
+        runners[f"zennit:{name}"] = zennit_lrp(name, handle, x, targets)
     if hybrids:
         runners["gradcam_lrp"] = ours("gradcam_lrp", handle, x, targets)
         runners["gradual_extrapolation"] = ours("gradual_extrapolation", handle, x, targets)
     outputs = {name: run() for name, run in runners.items()}  # warm-up, and the maps
     seconds = time_all(runners, reps, device)
-    reference = outputs["zennit"].detach()
-    agreement = float((outputs["lrp"] - reference).abs().max() / reference.abs().max())
-    r = pearson(outputs["lrp"], reference)
     base = seconds["floor"]
-    mine = seconds["lrp"]
-    rows = [
-        f"| {arch} | {batch} | lrp | {mine * 1e3:.0f} | Zennit Gradient + EpsilonPlusFlat | "
-        f"{seconds['zennit'] * 1e3:.0f} | {seconds['zennit'] / mine:.2f}× | "
-        f"{mine / base:.2f} | {agreement:.1e} | {r:.5f} |"
-    ]
+    rows = []
+    for name in composites:
+        mine, theirs = seconds[f"lrp:{name}"], seconds[f"zennit:{name}"]
+        reference = outputs[f"zennit:{name}"].detach()
+        agreement = float((outputs[f"lrp:{name}"] - reference).abs().max() / reference.abs().max())
+        r = pearson(outputs[f"lrp:{name}"], reference)
+        rows.append(
+            f"| {arch} | {batch} | lrp {name} | {mine * 1e3:.0f} | Zennit Gradient | "
+            f"{theirs * 1e3:.0f} | {theirs / mine:.2f}× | {mine / base:.2f} | "
+            f"{agreement:.1e} | {r:.5f} |"
+        )
     for name in ("gradcam_lrp", "gradual_extrapolation"):
         if name in seconds:
             rows.append(
@@ -152,6 +164,9 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--reps", type=int, default=5, help="timed runs at batch <= 8")
     parser.add_argument("--reps-large", type=int, default=2, help="timed runs at larger batches")
+    parser.add_argument(
+        "--composites", nargs="+", default=["epsilon_plus_flat"], help="LRP composites to time"
+    )
     parser.add_argument("--no-hybrids", action="store_true", help="time LRP and the floor only")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -169,7 +184,8 @@ def main() -> None:
         for batch in args.batches:
             reps = args.reps if batch <= 8 else args.reps_large
             with torch.inference_mode(False):
-                for row in setting(arch, batch, reps, device, not args.no_hybrids):
+                rows = setting(arch, batch, reps, device, args.composites, not args.no_hybrids)
+                for row in rows:
                     print(row, flush=True)
 
 

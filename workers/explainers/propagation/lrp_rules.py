@@ -208,11 +208,12 @@ class Gamma(Rule):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Saved]:
         gp, gn = self._weights()
-        bp, bn = self._biases()
         z = self.op(x, self.weight, self.bias)
-        if self.nonneg:
-            op_, on_ = self.op(x, gp, bp), self.op(x, gn, bn)
+        if self.nonneg:  # f(x; w + γw^±, b + γb^±) = z + γ f(x; w^±, b^±), f(x; w⁻, b⁻) = z − z⁺
+            zp = self.op(x, self.prepared("w+", lambda: positive(self.weight)), positive(self.bias))
+            op_, on_ = z + self.gamma * zp, (1 + self.gamma) * z - self.gamma * zp
         else:
+            bp, bn = self._biases()
             xp, xn = x.clamp(min=0), x.clamp(max=0)
             op_ = self.op(xp, gp, bp) + self.op(xn, gn)
             on_ = self.op(xp, gn, bn) + self.op(xn, gp)
