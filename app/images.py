@@ -21,7 +21,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.problems import ProblemError
 
@@ -96,6 +96,8 @@ def decode_upload(data: bytes, content_type: str | None, *, max_pixels: int) -> 
             400, f"the {image.format} image is truncated or corrupt: {exc}", kind="invalid-image"
         ) from exc
     source_mode, source_format = image.mode, str(image.format or "")
+    if _is_upright_rgb_png(image):  # already what the worker reads: skip the re-encode
+        return DecodedImage(data, width, height, source_format, source_mode)
     image = _apply_orientation(image)
     rgb = to_rgb(image)
     buffer = io.BytesIO()
@@ -143,6 +145,16 @@ def _too_many_pixels(width: int, height: int, max_pixels: int) -> ProblemError:
         f"{max_pixels:,} accepted; scale it down",
         kind="payload-too-large",
     )
+
+
+def _is_upright_rgb_png(image: Image.Image) -> bool:
+    """An 8-bit RGB PNG without transparency or an EXIF rotation: stored as uploaded."""
+    if image.format != "PNG" or image.mode != "RGB" or image.has_transparency_data:
+        return False
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError):
+        return False
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,14 @@ class Client:
 
     def _http(self) -> httpx.Client:
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
-        return httpx.Client(base_url=self.url.rstrip("/"), headers=headers, timeout=self.timeout)
+        # No Nagle delay: a multipart POST would otherwise wait for the server's delayed ACK.
+        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        return httpx.Client(
+            base_url=self.url.rstrip("/"),
+            headers=headers,
+            timeout=self.timeout,
+            transport=httpx.HTTPTransport(socket_options=nodelay),
+        )
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:

@@ -138,3 +138,12 @@ def test_declared_media_types(content_type: str | None, ok: bool) -> None:
         with pytest.raises(ProblemError) as caught:
             check_media_type(content_type)
         assert caught.value.status == 415
+
+
+def test_an_upright_rgb_png_is_stored_as_uploaded() -> None:
+    rng = np.random.default_rng(5)
+    data = encode(Image.fromarray(rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)))
+    decoded, _ = decode(data)
+    assert decoded.png == data  # no re-encode: the worker reads exactly what was sent
+    rgba = encode(Image.new("RGBA", (3, 3), (10, 20, 30, 0)))
+    assert decode(rgba)[0].png != rgba  # converted: composited over white
