@@ -60,7 +60,7 @@ class Job:
     impl: str
     images: int
     run: Callable[[], object]
-    floor_of: int | None = None  # rows of the forward+backward floor it is compared with
+    floor_of: int | None = None  # rows per forward+backward (the floor is per that batch)
     note: str = ""
     wall: float = float("inf")
     cpu: float = float("nan")
@@ -145,7 +145,9 @@ def torchray_jobs(
             for parameter, flag in zip(model.parameters(), flags, strict=True):
                 parameter.requires_grad_(flag)
 
-    return [Job("extremal_perturbation", "TorchRay", n, partial(run, n)) for n in (1, group)]
+    return [
+        Job("extremal_perturbation", "TorchRay", n, partial(run, n), floor_of=1) for n in (1, group)
+    ]
 
 
 def report(jobs: list[Job], floors: dict[int, Job], args: argparse.Namespace) -> str:
@@ -171,7 +173,10 @@ def report(jobs: list[Job], floors: dict[int, Job], args: argparse.Namespace) ->
         base = one.get((j.method, j.impl))
         wall = f"{j.wall / base.wall:.2f}" if base and j.images > 1 else "–"
         cpu = f"{j.cpu / base.cpu:.2f}" if base and j.images > 1 else "–"
-        floor = f"{j.cpu / (floors[j.floor_of].cpu * args.iterations):.2f}" if j.floor_of else "–"
+        floor = "–"
+        if j.floor_of:  # `images / floor_of` batches of `floor_of` rows, every iteration
+            cost = floors[j.floor_of].cpu * args.iterations * j.images / j.floor_of
+            floor = f"{j.cpu / cost:.2f}"
         lines.append(
             f"| {j.method} | {j.impl} | {j.images} | {j.wall / j.images:.3f} | "
             f"{j.cpu / j.images:.3f} | {wall} | {cpu} | {floor} | {j.note} |"
