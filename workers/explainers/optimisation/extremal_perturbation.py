@@ -8,7 +8,7 @@ For each requested area ``a`` a smooth mask ``m_a`` (:mod:`.smooth_masks`) is op
 
 ``f_c`` the target logit, ``Φ(x; m)`` the blur-pyramid perturbation (``m = 1`` keeps a pixel,
 ``0`` blurs it with σ_max), ``r_a`` the sorted ideal mask of area ``a`` and ``λ_t = λ·g^t``
-(λ = 300, g = 1.0035). SGD, lr 0.01, momentum 0.9 with dampening 0.9, ``m`` clamped to [0, 1]
+(λ = 300, g = 1.0035). SGD, lr 0.01, momentum 0.9 with dampening 0.9, parameters clamped to [0, 1]
 after each step, 800 iterations; every other iteration (even ``t``) the perturbed input is
 flipped horizontally. Parameters start at 1. All areas of all images are rows of one batch:
 one forward and one backward per iteration for the whole group; the objective is the *sum*

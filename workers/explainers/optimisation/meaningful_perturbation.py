@@ -41,7 +41,7 @@ from workers.explainers.optimisation.loop import (
     ordinary_tensors,
     progress_reporter,
 )
-from workers.explainers.optimisation.mp_init import circle_init
+from workers.explainers.optimisation.mp_init import initial_masks
 from workers.explainers.optimisation.optimisers import Adam
 from workers.explainers.registry import register
 
@@ -136,7 +136,7 @@ def meaningful_perturbation(
     with ordinary_tensors():
         inputs = inputs.clone()
         null = gaussian_blur(inputs, blur_sigma)
-        start, init_passes = _initial_masks(handle, inputs, null, targets, init, grid, seed, bs)
+        start, init_passes = initial_masks(handle, inputs, null, targets, init, grid, seed, bs)
         start = start.to(mask_dtype(inputs))
         big = F.interpolate(inputs, size=(size[0] + jitter, size[1] + jitter), mode="bilinear")
         big_blurred = gaussian_blur(big, blur_sigma)
@@ -155,23 +155,3 @@ def meaningful_perturbation(
         for s in steps.tolist()
     ]
     return Explanation(saliency=(1 - masks[:, 0]).float(), meta=meta)
-
-
-def _initial_masks(
-    handle: ModelHandle,
-    inputs: Tensor,
-    blurred: Tensor,
-    targets: Tensor,
-    init: str,
-    grid: tuple[int, int],
-    seed: int,
-    bs: int,
-) -> tuple[Tensor, int]:
-    """Starting masks ``(B, 1, h, w)`` and the forward passes spent finding them."""
-    if init == "circle":
-        return circle_init(handle, inputs, blurred, targets, grid, bs)
-    if init == "random":
-        generator = torch.Generator().manual_seed(seed)
-        draw = torch.rand(1, 1, *grid, generator=generator).to(inputs.device)
-        return draw.expand(inputs.shape[0], -1, -1, -1).contiguous(), 0
-    raise ValueError(f"unknown init {init!r}")

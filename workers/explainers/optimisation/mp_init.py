@@ -1,5 +1,5 @@
 """Meaningful perturbation's initial mask: the best blurred centred disc (reference code
-``test_circular_masks`` in ``ruthcfong/perturb_explanations`` [V]).
+``test_circular_masks`` in ``ruthcfong/perturb_explanations`` [V]), or a seeded random one.
 
 Discs of radius 0, 5, …, 170 px (at 224 px; scaled by min(H, W)/224 here), centred, blurred with
 σ = 10 px (scaled likewise), are deleted in turn (replaced by the blurred image). With ``s_r``
@@ -65,6 +65,30 @@ def circle_init(
     first = torch.where(below.any(dim=1), below.float().argmax(dim=1), n_radii - 1)
     masks = F.interpolate(1 - discs[first], size=grid, mode="nearest")
     return masks.clone(), 1 + n_radii
+
+
+def initial_masks(
+    handle: ModelHandle,
+    inputs: Tensor,
+    blurred: Tensor,
+    targets: Tensor,
+    init: str,
+    grid: tuple[int, int],
+    seed: int,
+    bs: int,
+) -> tuple[Tensor, int]:
+    """Starting masks ``(B, 1, h, w)`` (``circle`` or ``random``) and forwards spent per image.
+
+    ``random`` is one uniform draw from ``seed``, the same for every image, so an image's
+    result does not depend on the rest of its group.
+    """
+    if init == "circle":
+        return circle_init(handle, inputs, blurred, targets, grid, bs)
+    if init == "random":
+        generator = torch.Generator().manual_seed(seed)
+        draw = torch.rand(1, 1, *grid, generator=generator).to(inputs.device)
+        return draw.expand(inputs.shape[0], -1, -1, -1).contiguous(), 0
+    raise ValueError(f"unknown init {init!r}")
 
 
 def _probability(handle: ModelHandle, x: Tensor, targets: Tensor) -> Tensor:
