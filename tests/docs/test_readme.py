@@ -1,16 +1,18 @@
-"""The README stays true: its configuration table matches ``Settings``."""
+"""The README stays true: its generated tables match the code, and it shows the two commands."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_settings_table():  # type: ignore[no-untyped-def]
+def load_tables():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location(
-        "settings_table", ROOT / "scripts/settings_table.py"
+        "readme_tables", ROOT / "scripts/readme_tables.py"
     )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -18,11 +20,13 @@ def load_settings_table():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_configuration_table_is_current() -> None:
-    module = load_settings_table()
+@pytest.mark.parametrize("name", ["settings", "methods"])
+def test_generated_tables_are_current(name: str) -> None:
+    module = load_tables()
     readme = (ROOT / "README.md").read_text()
-    section = readme.split(module.START)[1].split(module.END)[0].strip()
-    assert section == module.table(), "run: python scripts/settings_table.py --write"
+    assert module.section(readme, name) == module.SECTIONS[name](), (
+        "run: python scripts/readme_tables.py --write"
+    )
 
 
 def test_readme_shows_the_two_commands() -> None:
