@@ -113,7 +113,7 @@ async def create_explanation(
 def _envelope(job: ResolvedJob) -> JobEnvelope:
     return JobEnvelope(
         job_id=uuid.uuid4().hex,
-        lane=job.spec.lane,
+        lane=job.lane,
         model=job.model.name,
         method=job.spec.name,
         params=job.params,
@@ -125,13 +125,13 @@ def _envelope(job: ResolvedJob) -> JobEnvelope:
 
 async def _queue_full(queue: JobQueue, job: ResolvedJob, depth: int) -> ProblemError:
     snapshot = await queue.snapshot()
-    lane_methods = [name for name, spec in method_specs().items() if spec.lane == job.spec.lane]
+    lane_methods = [name for name, spec in method_specs().items() if spec.lane == job.lane]
     total = sum(snapshot.metrics.get(f"job_seconds_sum:{m}", 0.0) for m in lane_methods)
     count = sum(snapshot.metrics.get(f"job_seconds_count:{m}", 0.0) for m in lane_methods)
     retry = retry_after_for_queue(depth, total / count if count else None, snapshot.live_workers)
     return ProblemError(
         503,
-        f"the {job.spec.lane} lane is full ({depth} jobs waiting); retry in {retry} s",
+        f"the {job.lane} lane is full ({depth} jobs waiting); retry in {retry} s",
         kind="queue-full",
         headers={"Retry-After": str(retry)},
         retry_after=retry,

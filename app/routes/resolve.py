@@ -29,6 +29,7 @@ class ResolvedJob:
     """A fully validated request."""
 
     spec: MethodSpec
+    lane: str
     model: ModelInfo
     params: dict[str, Any]
     target: int | None
@@ -38,12 +39,24 @@ class ResolvedJob:
 async def resolve(fields: ExplanationFields, queue: JobQueue, *, retry_after_s: int) -> ResolvedJob:
     """Validate ``fields``; raises ``ProblemError`` 422 (bad request) or 503 (no worker)."""
     spec = method_spec(fields.method)
-    served = await pick_model(fields.model, spec.lane, queue, retry_after_s=retry_after_s)
     raw = dict(fields.params or {})
     evaluate = evaluations([*(fields.evaluate or []), *_pop_evaluate(raw)])
+    lane = lane_of(spec, raw)
+    served = await pick_model(fields.model, lane, queue, retry_after_s=retry_after_s)
     params = validate_params(spec, raw, served.info)
     target = resolve_target(fields.target, served.info)
-    return ResolvedJob(spec, served.info, params, target, evaluate)
+    return ResolvedJob(spec, lane, served.info, params, target, evaluate)
+
+
+def lane_of(spec: MethodSpec, raw: dict[str, Any]) -> str:
+    """The job's cost lane: the method's, unless its parameters ask for a costlier one.
+
+    Invalid parameters keep the method's lane; ``validate_params`` reports them.
+    """
+    try:
+        return spec.params.model_validate(raw).lane(spec.lane)
+    except ValidationError:
+        return spec.lane
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -138,3 +138,14 @@ def test_evaluate_inside_params_is_moved_to_the_job(gateway: Gateway) -> None:
     assert response.status_code == 200, response.text
     assert worker.claimed[0].envelope.evaluate == ["insertion"]
     assert worker.claimed[0].envelope.params == {"layer": "features.0"}
+
+
+def test_parameters_can_move_a_job_to_the_slow_lane(gateway: Gateway) -> None:
+    worker = gateway.worker()
+    cheap = post_image(gateway, method="gradual_extrapolation", wait="5")
+    costly = post_image(
+        gateway, method="gradual_extrapolation", params='{"base": "scorecam"}', wait="5"
+    )
+    assert cheap.status_code == 200 and costly.status_code == 200, costly.text
+    lanes = {c.envelope.params["base"]: c.envelope.lane for c in worker.claimed}
+    assert lanes == {"gradcam": "fast", "scorecam": "slow"}

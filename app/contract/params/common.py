@@ -28,6 +28,10 @@ class MethodParams(BaseModel):
                 f"see GET /v1/models for its layers (default {model.default_layer!r})"
             )
 
+    def lane(self, default: Lane) -> Lane:
+        """The cost lane of a job with these parameters (the method's own, unless overridden)."""
+        return default
+
 
 class LayerParams(MethodParams):
     """A method that reads one layer's activations."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.contract.params.common import LayerParams, MethodParams, MethodSpec
+from app.contract.params.common import Lane, LayerParams, MethodParams, MethodSpec
 
 Composite = Literal[
     "epsilon_plus_flat",
@@ -16,6 +16,9 @@ Composite = Literal[
     "epsilon_gamma_box",
     "epsilon",
 ]
+SLOW_CAM_BASES = frozenset({"scorecam", "integrated_gradcam", "smooth_gradcam_pp"})
+"""Base CAMs of many forward passes (their own methods are in the slow lane)."""
+
 CamMethod = Literal[
     "gradcam",
     "gradcam_pp",
@@ -82,6 +85,10 @@ class GradualExtrapolationParams(LayerParams):
         description="Behave like the released code: every pooling / stride-2 layer (also "
         "deeper than the map), batch-wide maxima and normalisation, raw (signed) channel sums.",
     )
+
+    def lane(self, default: Lane) -> Lane:
+        """A base CAM that needs many forward passes makes the job a slow-lane job."""
+        return "slow" if self.base in SLOW_CAM_BASES else default
 
 
 SPECS: list[MethodSpec] = [
