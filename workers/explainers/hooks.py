@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from workers.explainers.base import ExplainerError
@@ -42,16 +43,22 @@ class Captured:
         return self.gradients[-1]
 
 
-def _recorder(captured: Captured, clock: Iterator[int], *, gradients: bool, detach: bool) -> Any:
+def _recorder(
+    captured: Captured, clock: Iterator[int], *, gradients: bool, detach: bool, cut: bool
+) -> Any:
     """A forward hook that appends the layer's output to ``captured``."""
 
     def on_forward(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-        captured.steps.append(next(clock))
+        step = next(clock)
+        captured.steps.append(step)
         if not isinstance(output, Tensor):
             raise ExplainerError(
                 f"the chosen layer returns {type(output).__name__}, not a tensor; "
                 "choose a layer with a (B, C, h, w) tensor output"
             )
+        if cut and step == 0:  # only the first (shallowest): deeper ones stay connected to it
+            output = output.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)  # record from here on, if the forward began without
         captured.activations.append(output.detach() if detach else output)
         if gradients and output.requires_grad:
 
@@ -68,20 +75,31 @@ def _recorder(captured: Captured, clock: Iterator[int], *, gradients: bool, deta
 
 @contextmanager
 def capture_many(
-    layers: Sequence[nn.Module], *, gradients: bool = True, detach: bool = True
+    layers: Sequence[nn.Module],
+    *,
+    gradients: bool = True,
+    detach: bool = True,
+    cut: bool = False,
 ) -> Iterator[list[Captured]]:
     """Record the outputs of every module in ``layers`` while the block runs.
 
     With ``detach=False`` the recorded activations stay in the autograd graph (for methods
-    that differentiate with respect to them), and downstream modules receive a clone of each,
-    so in-place operations after the layer leave the recorded tensor intact.
+    that differentiate with respect to them). Downstream modules always receive a clone, so
+    in-place operations after the layer leave the recorded tensor intact.
+
+    With ``cut=True`` the first hooked output of the block is replaced by a new leaf that
+    requires grad, and gradient recording is switched on from there: gradients with respect
+    to it (and to the hooked layers after it) need no graph upstream of it. Run the forward
+    under ``torch.no_grad()`` then: the layers before the hooked one run as plain inference
+    (faster, no saved tensors), and neither the input nor the parameters need
+    ``requires_grad``. The ``no_grad`` block restores the grad mode when it exits.
     """
     records = [Captured() for _ in layers]
     clock = itertools.count()
     handles = []
     try:
         for layer, captured in zip(layers, records, strict=True):
-            hook = _recorder(captured, clock, gradients=gradients, detach=detach)
+            hook = _recorder(captured, clock, gradients=gradients, detach=detach, cut=cut)
             handles.append(layer.register_forward_hook(hook))
         yield records
     finally:

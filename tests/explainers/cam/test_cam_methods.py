@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from cam_models import CLASSES, gap_net, images, make_handle
 
 from workers.explainers import ExplainerError, get_explainer
@@ -176,3 +177,54 @@ def test_gradients_come_from_each_rows_own_target() -> None:
     for row, target in enumerate(targets.tolist()):
         expected = (handle.model.fc.weight[target] / hw).view(-1, 1, 1).expand(-1, 16, 16)
         torch.testing.assert_close(got.gradients[0][row], expected.detach())
+
+
+def naive_gradients(
+    model: torch.nn.Module, layer: str, x: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂S/∂A with the whole graph recorded from the input (no cut, no clone)."""
+    stored: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: stored.append(o))
+    try:
+        logits = model(x.clone().requires_grad_(True))
+        score = logits.gather(1, targets.view(-1, 1)).sum()
+        (gradient,) = torch.autograd.grad(score, stored[-1])
+    finally:
+        handle.remove()
+    return stored[-1].detach(), gradient
+
+
+@pytest.mark.parametrize("layer", ["layer3.0.downsample", "layer3.0.conv2", "layer4"])
+def test_gradients_with_the_upstream_run_without_recording_are_exact(layer: str) -> None:
+    """Residual blocks: the skip branch and the main branch, against a full-graph gradient."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    handle = make_handle(model, default_layer=None)
+    x, targets = torch.randn(2, 3, 64, 64), torch.tensor([1, 5])
+    got = layer_gradients(handle, x, targets, [layer], [model.get_submodule(layer)])
+    A, G = naive_gradients(model, layer, x, targets)
+    torch.testing.assert_close(got.activations[0], A)
+    torch.testing.assert_close(got.gradients[0], G)
+
+
+class NoGradInside(torch.nn.Module):
+    """A model whose forward switches gradients off around the hooked layer."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The inner model's features under no_grad, then its head."""
+        with torch.no_grad():
+            features = self.inner.features(x)
+        return self.inner.fc(self.inner.pool(features).flatten(1))
+
+
+def test_a_model_that_turns_gradients_off_gets_the_same_map() -> None:
+    inner = gap_net()
+    x, targets = images(2), torch.tensor([0, 4])
+    plain = get_explainer("gradcam")(make_handle(inner), x, targets, layer="features.5")
+    wrapped = make_handle(NoGradInside(inner))
+    odd = get_explainer("gradcam")(wrapped, x, targets, layer="inner.features.5")
+    torch.testing.assert_close(plain.saliency, odd.saliency)

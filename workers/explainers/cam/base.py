@@ -76,6 +76,23 @@ class LayerPass:
     """Indices of the requested layers sorted by when they ran (shallow to deep)."""
 
 
+def _hooked_forward(
+    handle: ModelHandle,
+    x: Tensor,
+    targets: Tensor,
+    modules: Sequence[nn.Module],
+    upstream_grad: bool,
+) -> tuple[Tensor, Tensor, list[Tensor], list[int]]:
+    """(logits, summed target logits, activations, hook steps) of one forward, layers cut."""
+    with capture_many(modules, gradients=False, detach=False, cut=True) as records:
+        with torch.set_grad_enabled(upstream_grad):
+            logits = handle.model(x)  # the first hooked layer turns recording on
+        activations = [record.activation for record in records]
+        steps = [record.steps[-1] for record in records]
+    index = targets.detach().clone().view(-1, 1).to(logits.device)
+    return logits, logits.gather(1, index).sum(), activations, steps
+
+
 def layer_gradients(
     handle: ModelHandle,
     inputs: Tensor,
@@ -83,24 +100,23 @@ def layer_gradients(
     names: Sequence[str],
     modules: Sequence[nn.Module],
 ) -> LayerPass:
-    """One forward + backward: activations of each layer and ``∂S_target/∂activations``."""
-    with (
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        capture_many(modules, gradients=False, detach=False) as records,
-    ):
+    """One forward + backward: activations of each layer and ``∂S_target/∂activations``.
+
+    The layers before the first hooked one run without gradient recording: ``∂S/∂A`` depends
+    only on what comes after ``A``. If the model switches recording off again on its own (a
+    ``no_grad`` block spanning the layer), the forward is repeated with recording throughout.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
         # Autograd refuses inference-mode tensors: those are cloned into normal ones.
         x = inputs.detach()
-        x = (x.clone() if x.is_inference() else x).requires_grad_(True)
-        logits = handle.model(x)
-        index = targets.detach().clone().view(-1, 1).to(logits.device)
-        score = logits.gather(1, index).sum()
-        activations = [record.activation for record in records]
-        steps = [record.steps[-1] for record in records]
+        x = x.clone() if x.is_inference() else x
+        logits, score, activations, steps = _hooked_forward(handle, x, targets, modules, False)
+        if not score.requires_grad and activations:
+            logits, score, activations, steps = _hooked_forward(handle, x, targets, modules, True)
         for name, activation in zip(names, activations, strict=True):
             _check_spatial(name, activation)
-            if not activation.requires_grad:
-                raise ExplainerError(f"the target does not depend on layer {name!r}")
+        if not score.requires_grad:
+            raise ExplainerError(f"the target does not depend on layer {names[0]!r}")
         gradients = torch.autograd.grad(score, activations, allow_unused=True)
     out: list[Tensor] = []
     for name, gradient in zip(names, gradients, strict=True):
