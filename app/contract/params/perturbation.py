@@ -77,10 +77,11 @@ class FmoParams(PerturbationParams):
         "max", description="Statistic of the current map over a candidate window."
     )
     topk: float = Field(0.25, gt=0, le=1, description="Fraction kept by `select = topk`.")
-    combine: Literal["refine", "sum", "finest"] = Field(
+    combine: Literal["refine", "sum", "finest", "depth"] = Field(
         "refine",
         description="`refine`: finer levels replace coarser where probed, mean over levels; "
-        "`sum`: accumulate every drop (HiPe); `finest`: the last refined level.",
+        "`sum`: accumulate every drop (HiPe); `finest`: the last refined level; `depth`: "
+        "pixels probed at more levels first, then by their finest drop.",
     )
     smoothing: float = Field(
         0.0, ge=0, le=8, description="Gaussian σ in finest cells applied to the map (0: off)."

@@ -91,7 +91,7 @@ def test_default_rule_is_cheap_and_peaks_on_the_driving_region() -> None:
 
 
 @pytest.mark.parametrize("select", ["mean", "topk"])
-@pytest.mark.parametrize("combine", ["sum", "refine"])
+@pytest.mark.parametrize("combine", ["sum", "refine", "depth"])
 def test_other_rules_also_find_the_region(select: str, combine: str) -> None:
     box = (8, 20, 36, 48)
     handle = handle_for(RegionModel(box_mask(SIZE, box)), SIZE)
@@ -157,3 +157,17 @@ def test_batch_size_and_progress(positive_linear) -> None:
     total = sum(m["forward_passes"] for m in big.meta)
     assert calls[-1] == (total, total)
     assert all(b[0] > a[0] for a, b in itertools.pairwise(calls))
+
+
+def test_depth_ranks_deeper_pixels_first() -> None:
+    box = (40, 52, 8, 20)
+    handle = handle_for(RegionModel(box_mask(SIZE, box)), SIZE)
+    inputs = torch.ones(1, 3, SIZE, SIZE)
+    refine = fmo(handle, inputs, torch.tensor([0]))
+    depth = fmo(handle, inputs, torch.tensor([0]), combine="depth")
+    assert depth.meta == refine.meta  # same search, only the output differs
+    levels = depth.saliency[0].floor()  # = number of levels that probed each pixel
+    assert levels.max() == 3 and levels.min() == 1
+    deepest = levels == 3
+    assert deepest[box_mask(SIZE, box)].all()  # the search followed the region to the end
+    assert depth.saliency[0][deepest].min() > depth.saliency[0][~deepest].max()

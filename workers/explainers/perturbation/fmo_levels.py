@@ -11,7 +11,8 @@ selection rule between levels, and the combination of the level maps.
   < ~4 px").
 * :func:`select_windows`: which windows of the next level to probe, from the current map.
 * :class:`Merge`: ``refine`` (default: finer evidence replaces coarser where probed, output the
-  mean over levels), ``sum`` (HiPe's accumulation) or ``finest`` (the last refined level only).
+  mean over levels), ``sum`` (HiPe's accumulation), ``finest`` (the last refined level only)
+  or ``depth`` (hierarchical ranking, our addition).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workers.explainers.base import ExplainerError
+from workers.explainers.postprocess import normalise
 
 
 @dataclass(frozen=True)
@@ -170,17 +172,29 @@ def select_windows(
     return keep & informative
 
 
+COMBINES = ("refine", "sum", "finest", "depth")
+
+
 class Merge:
-    """Combines the level maps as they arrive (METHODS §1.4 step 6)."""
+    """Combines the level maps as they arrive (METHODS §1.4 step 6).
+
+    ``refine``: ``S_0 = H_0``, ``S_l = H_l`` where probed else ``S_{l−1}``, output the mean of
+    the ``S_l``; ``sum``: every level's ``Σ_w Δ_w M_w`` added (HiPe); ``finest``: the last
+    ``S_l``; ``depth`` (ours, not in METHODS): hierarchical ranking — the number of levels
+    that probed a pixel plus its last ``S_l`` scaled into [0, 1), so pixels the search
+    followed deeper always rank above the ones it left behind. ``depth`` selects like
+    ``refine``; only the output differs.
+    """
 
     def __init__(self, combine: str) -> None:
-        if combine not in ("refine", "sum", "finest"):
-            raise ExplainerError(f"unknown combine {combine!r}; use refine, sum or finest")
+        if combine not in COMBINES:
+            raise ExplainerError(f"unknown combine {combine!r}; use one of {', '.join(COMBINES)}")
         self.combine = combine
         self.seen = 0
         self.refined: Tensor | None = None  # S_l
         self.refined_total: Tensor | None = None  # Σ_{k ≤ l} S_k
         self.summed: Tensor | None = None  # Σ_l Σ_w Δ_w M_w
+        self.depth: Tensor | None = None  # levels that probed each pixel
 
     def add(self, average: Tensor, covered: Tensor, painted: Tensor) -> None:
         """One level: ``average`` = H_l, ``covered`` = Cov_l, ``painted`` = Σ_w Δ_w M_w.
@@ -190,14 +204,16 @@ class Merge:
         """
         if self.refined is None or self.refined_total is None or self.summed is None:
             self.refined, self.refined_total, self.summed = average, average.clone(), painted
+            self.depth = covered.float()
         else:
             self.refined = torch.where(covered, average, self.refined)
             self.refined_total = self.refined_total + self.refined
             self.summed = self.summed + painted
+            self.depth = self.depth + covered.float()
         self.seen += 1
 
     def current(self) -> Tensor:
-        """The merged map of the levels so far: what selection looks at, and the output."""
+        """The merged map of the levels so far, as selection sees it."""
         if self.refined is None or self.refined_total is None or self.summed is None:
             raise RuntimeError("no level merged yet")
         if self.combine == "sum":
@@ -205,3 +221,10 @@ class Merge:
         if self.combine == "finest":
             return self.refined
         return self.refined_total / self.seen
+
+    def result(self) -> Tensor:
+        """The output map."""
+        if self.combine != "depth":
+            return self.current()
+        assert self.refined is not None and self.depth is not None
+        return self.depth + 0.999 * normalise(self.refined)
