@@ -25,6 +25,7 @@ Prints a Markdown table (results: ``benchmarks/results/perturbation.md``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -178,15 +179,12 @@ def results_of(
     note: str = "",
     notes: dict[str, str] | None = None,
 ) -> list[Result]:
-    """Rows of one comparison; the first run is ours, compared with ``reference``."""
+    """Rows of one comparison; runs named ``ours…`` are compared with ``reference``."""
     rows = []
     for index, (impl, (seconds, evals, _)) in enumerate(runs.items()):
         extra = (notes or {}).get(impl, note if index == 0 else "")
-        rows.append(
-            Result(
-                setup.name, label, impl, seconds, evals, reference if index == 0 else None, extra
-            )
-        )
+        compared = reference if impl.startswith("ours") else None
+        rows.append(Result(setup.name, label, impl, seconds, evals, compared, extra))
     return rows
 
 
@@ -315,7 +313,11 @@ def bench_fmo(setup: Setup, dense_stride: int, deletion_step: int) -> list[Resul
         )
 
     dense_name = f"occlusion {window}px/{dense_stride}px"
-    runs = setup.race({"ours fmo": ours})
+
+    def depth() -> Any:
+        return fmo(setup.handle, setup.inputs, targets, combine="depth", max_batch_size=setup.batch)
+
+    runs = setup.race({"ours fmo": ours, "ours fmo combine=depth": depth})
     runs[dense_name] = setup.timed(dense)  # the expensive side runs once
     plain = ModelHandle(
         name=setup.name, model=setup.counter.model, input_size=setup.handle.input_size, **IMAGENET
@@ -339,9 +341,9 @@ def bench_fmo(setup: Setup, dense_stride: int, deletion_step: int) -> list[Resul
 def demo_quality(
     device: torch.device, scenes: int, batch: int, clock: Callable[[], float] = time.perf_counter
 ) -> str:
-    """FMO vs exhaustive occlusion on the trained demo model: deletion AUC and pointing game
-    over held-out scenes (random weights make deletion AUCs meaningless)."""
-
+    """FMO vs exhaustive occlusion on the trained demo model, over held-out scenes: deletion
+    and insertion AUC (mean, and the paired difference to the dense occlusion ± its standard
+    error) and the pointing game. Random weights make these scores meaningless."""
     try:
         handle = load_models(None, device)["shapes"]
     except (ModelsFileError, OSError) as error:
@@ -350,36 +352,52 @@ def demo_quality(
     data = make_scenes(scenes, seed=1_000_000, size=size)
     inputs = handle.from_display(data.images.to(device))
     targets = data.labels.to(device)
-    window = round(size / 16 * 2)
-    stride = max(1, size // 56)  # 2 px at 112, 4 px at 224
+    window, stride = round(size / 8), max(1, size // 56)  # FMO's finest window; 2 px at 112
     counter = Counting(handle.model)
-    counted = ModelHandle(
-        name="shapes", model=counter, input_size=handle.input_size, mean=handle.mean, std=handle.std
-    )
-    lines = [
-        f"Trained demo model `shapes` ({size} px), {scenes} held-out scenes, true class:",
-        "",
-        "| method | evaluations / image | seconds | deletion AUC ↓ | insertion AUC ↑ | pointing |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    counted = dataclasses.replace(handle, model=counter)
+    dense = f"occlusion {window}px/{stride}px"
     runs = {
-        "fmo (default)": lambda: fmo(counted, inputs, targets, max_batch_size=batch),
-        f"occlusion {window}px/{stride}px": lambda: occlusion(
+        dense: lambda: occlusion(
             counted, inputs, targets, window=window, stride=stride, max_batch_size=batch
         ),
+        f"occlusion {window}px/{window // 2}px": lambda: occlusion(
+            counted, inputs, targets, window=window, stride=window // 2, max_batch_size=batch
+        ),
+        "fmo (default, refine)": lambda: fmo(counted, inputs, targets, max_batch_size=batch),
+        "fmo combine=depth": lambda: fmo(
+            counted, inputs, targets, combine="depth", max_batch_size=batch
+        ),
     }
+    lines = [
+        f"Trained demo model `shapes` ({size} px), {scenes} held-out scenes, true class; "
+        f"Δ = paired difference to {dense} ± standard error:",
+        "",
+        "| method | evaluations / image | seconds | deletion AUC ↓ | Δ deletion | "
+        "insertion AUC ↑ | Δ insertion | pointing |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    reference: dict[str, Tensor] = {}
     for name, run in runs.items():
         counter.rows = 0
         start = clock()
         saliency = run().saliency
         seconds = clock() - start
-        evals = counter.rows / scenes
-        deletion = deletion_auc(handle, inputs, targets, saliency, max_batch_size=batch)
-        insertion = insertion_auc(handle, inputs, targets, saliency, max_batch_size=batch)
-        pointing = pointing_game(saliency.cpu(), data.masks)
+        scores = {
+            "deletion": deletion_auc(handle, inputs, targets, saliency, max_batch_size=batch),
+            "insertion": insertion_auc(handle, inputs, targets, saliency, max_batch_size=batch),
+        }
+        reference = reference or scores
+        cells = []
+        for key, values in scores.items():
+            diff = (values - reference[key]).cpu()
+            cells += [
+                f"{values.mean():.4f}",
+                f"{diff.mean():+.4f} ± {diff.std() / scenes**0.5:.4f}",
+            ]
+        pointing = pointing_game(saliency.cpu(), data.masks).mean()
         lines.append(
-            f"| {name} | {evals:.0f} | {seconds:.2f} | {deletion.mean():.4f} | "
-            f"{insertion.mean():.4f} | {pointing.mean():.2f} |"
+            f"| {name} | {counter.rows / scenes:.0f} | {seconds:.2f} | {' | '.join(cells)} | "
+            f"{pointing:.2f} |"
         )
     return "\n".join(lines)
 
@@ -465,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[Result] = []
     floors: dict[str, tuple[float, int]] = {}
     started = time.perf_counter()
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         setup = make_setup(name, device, args.size, args.batch or 64, args.repeats, clock)
         batches = [int(b) for b in args.floor_batches.split(",")]
         floors[name] = floor_per_image(setup, batches, reps=setup.repeats)
