@@ -91,6 +91,7 @@ def fmo(
         evaluator = Evaluator(
             handle, targets, score, max_batch_size, precision, progress, batch * (1 + sum(full))
         )
+        inputs = evaluator.layout(inputs)
         filler = Fill(inputs, fill)
         merge = Merge(combine)
         base = torch.empty(0, device=device)

@@ -126,10 +126,11 @@ def lime(
     samples = draw_samples(counts, num_samples, seed, width).to(inputs.device)
     total = batch * num_samples
     with torch.inference_mode():
-        hidden = hidden_image(inputs, labels, width, fill)
+        evaluator = Evaluator(handle, targets, score, max_batch_size, precision, progress, total)
+        hidden = evaluator.layout(hidden_image(inputs, labels, width, fill))
+        inputs = evaluator.layout(inputs)
         flat_labels, flat_samples = labels.flatten(1), samples.view(total, width)
         scores = torch.empty(total, device=inputs.device)
-        evaluator = Evaluator(handle, targets, score, max_batch_size, precision, progress, total)
         for chunk in evaluator.chunks(total):
             rows = torch.arange(chunk.start, chunk.stop, device=inputs.device) // num_samples
             shown = torch.gather(flat_samples[chunk], 1, flat_labels[rows]).view(-1, 1, *size)

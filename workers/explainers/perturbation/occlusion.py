@@ -80,6 +80,7 @@ def occlusion(
         evaluator = Evaluator(
             handle, targets, score, max_batch_size, precision, progress, batch * per_image
         )
+        inputs = evaluator.layout(inputs)
         scores = score_boxes(evaluator, inputs, Fill(inputs, fill), rows, boxes.repeat(batch, 1))
         scores = scores.view(batch, per_image)
         drops = scores[:, :1] - scores[:, 1:]

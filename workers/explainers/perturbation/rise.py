@@ -87,6 +87,7 @@ def rise(
     total = n_masks * batch
     with torch.inference_mode():
         evaluator = Evaluator(handle, targets, "prob", max_batch_size, precision, progress, total)
+        inputs = evaluator.layout(inputs)
         saliency = torch.zeros(batch, size[0] * size[1], device=inputs.device)
         for chunk in evaluator.chunks(total):
             first, last = chunk.start // batch, (chunk.stop - 1) // batch + 1
