@@ -41,6 +41,17 @@ def _get(url: str) -> int:
         return 0
 
 
+def _kill_started_by_this_test(marker: str) -> None:
+    """SIGKILL every process whose environment names ``marker`` (run.sh starts the worker and
+    the gateway in sessions of their own, so killing the script's group misses them)."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                os.kill(int(environ.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 @pytest.mark.slow
 def test_run_script_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
@@ -74,6 +85,7 @@ def test_run_script_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> Non
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
+            _kill_started_by_this_test(str(models))
     text = log.read_text()
     match = re.search(r"started redis-server on 127.0.0.1:(\d+)", text)
     assert match is not None, text
