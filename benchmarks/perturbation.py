@@ -509,14 +509,13 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda"
         else (f"CPU, {torch.get_num_threads()} torch threads")
     )
-    print(
-        f"\n{device_name}, torch {torch.__version__}, {args.size} px, "
-        f"{clock_name} clock, total {time.perf_counter() - started:.0f} s wall\n"
-    )
-    for name, (seconds, batch) in floors.items():
-        print(f"floor {name}: {seconds * 1000:.2f} ms per image (batch {batch})")
-    print()
-    print(table(results, floors))
+    print(f"\n{device_name}, torch {torch.__version__}, {clock_name} clock\n")
+    if results:
+        print(f"{args.size} px; wall time of the model runs {time.perf_counter() - started:.0f} s")
+        for name, (seconds, batch) in floors.items():
+            print(f"floor {name}: {seconds * 1000:.2f} ms per image (batch {batch})")
+        print()
+        print(table(results, floors))
     if args.demo_scenes:
         print("\n" + demo_quality(device, args.demo_scenes, args.batch or 64, clock))
 
