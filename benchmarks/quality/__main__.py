@@ -19,6 +19,7 @@ def parse() -> tuple[Settings, Path, bool]:
     """Settings, the output folder, and whether to update README.md."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__)
     parser.add_argument("--scenes", type=int, default=Settings.scenes)
+    parser.add_argument("--sanity-scenes", type=int, default=Settings.sanity_scenes)
     parser.add_argument("--figure-scenes", type=int, default=Settings.figure_scenes)
     parser.add_argument("--group", type=int, default=Settings.group, help="images per call")
     parser.add_argument("--step", type=int, default=None, help="pixels per deletion step")
@@ -31,6 +32,7 @@ def parse() -> tuple[Settings, Path, bool]:
     args = parser.parse_args()
     settings = Settings(
         scenes=args.scenes,
+        sanity_scenes=args.sanity_scenes,
         figure_scenes=min(args.figure_scenes, args.scenes),
         group=args.group,
         step=args.step,

@@ -99,8 +99,9 @@ def setup_text(bench: Bench, accuracy: float, seconds: float) -> str:
             f"* **deletion / insertion**: RISE-paper AUC of the true class's softmax "
             f"probability, {step} px per step ({steps} steps), zero fill / blurred start.",
             "* **sanity ρ**: Spearman correlation between the map on the trained model and on "
-            f"a copy with {layers} re-initialised (seed {bench.settings.sanity_seed}); "
-            "near 1 = the map ignores what the model learned.",
+            f"a copy with {layers} re-initialised (seed {bench.settings.sanity_seed}), mean "
+            f"over the first {min(bench.settings.sanity_scenes, n)} scenes; near 1 = the map "
+            "ignores what the model learned, a faithful method's drops.",
             f"* **s / image**: wall time of the explainer calls ({bench.settings.group} images "
             f"per call) divided by the images, on {machine} (torch {torch.__version__}), "
             "excluding a warm-up call; **passes**: forward (F) and backward (B) passes per "

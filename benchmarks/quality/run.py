@@ -101,11 +101,16 @@ def score_maps(bench: Bench, maps: Tensor) -> Scored:
 
 
 def explain_groups(
-    explainer: Callable[..., Any], handle: ModelHandle, bench: Bench, params: dict[str, Any]
+    explainer: Callable[..., Any],
+    handle: ModelHandle,
+    bench: Bench,
+    params: dict[str, Any],
+    total: int | None = None,
 ) -> tuple[Tensor, list[dict[str, Any]], float]:
-    """Maps for every scene, their metadata, and the seconds spent in the explainer calls."""
+    """Maps for the first ``total`` scenes (all by default), their metadata, and the seconds
+    spent in the explainer calls."""
     maps, meta, seconds = [], [], 0.0
-    total = bench.inputs.shape[0]
+    total = bench.inputs.shape[0] if total is None else min(total, bench.inputs.shape[0])
     for start in range(0, total, bench.settings.group):
         rows = slice(start, min(start + bench.settings.group, total))
         began = time.perf_counter()
@@ -134,7 +139,8 @@ def run_method(name: str, family: str, bench: Bench, log: Log) -> Row:
     try:
         explainer(bench.handle, bench.inputs[:1], bench.targets[:1], **params)  # warm-up
         maps, meta, seconds = explain_groups(explainer, bench.handle, bench, params)
-        random_maps, _, _ = explain_groups(explainer, bench.randomised, bench, params)
+        subset = bench.settings.sanity_scenes
+        random_maps, _, _ = explain_groups(explainer, bench.randomised, bench, params, subset)
         scores = score_maps(bench, maps)
     except Exception as error:  # a benchmark reports failures, it does not stop on them
         log(f"  {name}: error {type(error).__name__}: {error}")
@@ -145,7 +151,7 @@ def run_method(name: str, family: str, bench: Bench, log: Log) -> Row:
         "ok",
         changed=changed,
         scores=scores,
-        sanity=spearman(maps, random_maps),
+        sanity=spearman(maps[: random_maps.shape[0]], random_maps),
         seconds_per_image=seconds / maps.shape[0],
         forward_passes=mean_meta(meta, "forward_passes"),
         backward_passes=mean_meta(meta, "backward_passes"),
@@ -212,9 +218,10 @@ def run_all(settings: Settings, log: Log) -> tuple[Bench, list[Row], list[Row]]:
     for name, family in method_list():
         if settings.only and name not in settings.only:
             continue
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         row = run_method(name, family, bench, log)
-        log(f"{name:>24}: {row.status} in {time.perf_counter() - began:.1f} s")
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        log(f"{name:>24}: {row.status} in {wall:.1f} s ({cpu:.1f} s of CPU)")
         rows.append(row)
     return bench, rows, reference_rows(bench)
 
