@@ -13,6 +13,10 @@ perturbed copy of one image of the call:
   goes back to the host inside the chunk loop.
 * :func:`paint_boxes` sums per-box values into maps with a 2-D difference array (exact,
   ``O(items + pixels)``) instead of materialising one full-size mask per item.
+* Memory layout: the explainers pass their inputs through :meth:`Evaluator.layout` first, so
+  perturbed batches are born channels-last where the model runs faster that way (always on
+  CPU, where oneDNN convolutions gain 1.3–1.6×; on CUDA when the model is stored
+  channels-last, as the model zoo does).
 
 Everything here runs under ``torch.inference_mode()`` (the explainers enter it).
 """
