@@ -41,6 +41,12 @@ def _get(url: str) -> int:
         return 0
 
 
+def _default_sigint() -> None:
+    """Give the script a terminal's SIGINT: a suite started in the background (``make test &``,
+    some CI runners) inherits SIGINT as ignored, and a shell cannot trap an ignored signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_started_by_this_test(marker: str) -> None:
     """SIGKILL every process whose environment names ``marker`` (run.sh starts the worker and
     the gateway in sessions of their own, so killing the script's group misses them)."""
@@ -69,7 +75,7 @@ def test_run_script_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> Non
     with log.open("w") as out:
         process = subprocess.Popen(
             ["bash", "scripts/run.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_default_sigint,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 120
