@@ -68,11 +68,16 @@ def _errors(rows: list[Row]) -> str:
         "deletion": max(standard_error(s.deletion) for s in scored),
         "insertion": max(standard_error(s.insertion) for s in scored),
     }
+    sanity = [standard_error(r.sanity) for r in rows if r.sanity is not None]
+    tail = f", sanity ρ {max(sanity):.2f}" if sanity else ""
     return (
         f"Largest standard error of a mean in this run: pointing {worst['pointing']:.1f} points, "
         f"energy pointing {worst['energy pointing']:.1f} points, deletion "
-        f"{worst['deletion']:.3f}, insertion {worst['insertion']:.3f}; smaller differences "
-        "between two methods are noise."
+        f"{worst['deletion']:.3f}, insertion {worst['insertion']:.3f}{tail}; smaller "
+        "differences between two methods are noise. The reference rows calibrate the "
+        "scales: a method near the constant map's value has learned nothing about the scene, "
+        "and deletion and insertion reward the pixels the model relies on, which need not be "
+        "the whole object (the object's own mask is not the best map by those two)."
     )
 
 
