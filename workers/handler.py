@@ -1,9 +1,11 @@
 """One group of compatible jobs, from image bytes to results: stages as plain functions.
 
 decode (PNG bytes -> RGB image) -> preprocess (resize to the model input without cropping,
-normalise) -> batch on the device -> predict (softmax top 5, one forward for the group) ->
-targets (None -> top-1) -> explain (one batched explainer call) -> normalise (per image, min-max
-to [0, 1]) -> evaluate (when asked) -> :class:`~app.contract.jobs.WorkerResult`.
+normalise) -> batch on the device -> explain (one batched explainer call; a job without a
+target asks for its top-1 class, which the explainer resolves from the clean forward pass it
+runs anyway, and returns those logits: the prediction costs no pass of its own) -> predictions
+(softmax top 5 of those logits) -> normalise (per image, min-max to [0, 1]) -> evaluate (when
+asked) -> :class:`~app.contract.jobs.WorkerResult`.
 
 Nothing here touches Redis: :func:`run_group` takes the jobs and their image bytes and returns one
 :class:`Outcome` per job, a result or a problem. Failures stay with the job that caused them: an
@@ -26,8 +28,9 @@ from PIL import Image
 from torch import Tensor
 
 from app.contract.jobs import Prediction, WorkerResult
+from app.contract.metrics import evaluation_passes
 from workers.explainers import Cancelled, ModelHandle, ProgressFn, get_explainer
-from workers.explainers.base import no_progress
+from workers.explainers.base import TOP1, no_progress
 from workers.explainers.postprocess import normalise, upsample
 from workers.grouping import Job
 
@@ -111,14 +114,10 @@ def to_batch(tensors: list[Tensor], device: torch.device) -> Tensor:
     return torch.stack(tensors).to(device, non_blocking=True)
 
 
-def predict(handle: ModelHandle, inputs: Tensor) -> Tensor:
-    """Softmax probabilities ``(B, classes)`` from one forward pass of the whole batch.
-
-    ``torch.no_grad`` rather than inference mode: the targets derived from these probabilities
-    are later used as indices inside autograd graphs, where inference tensors are refused.
-    """
-    with torch.no_grad():
-        return handle.model(inputs).float().softmax(dim=1)
+def predict_logits(handle: ModelHandle, inputs: Tensor) -> Tensor:
+    """Logits ``(B, classes)`` of one gradient-free pass (only for an explainer that returned
+    no clean logits)."""
+    return handle.evaluate(inputs)
 
 
 def label_of(handle: ModelHandle, index: int) -> str:
@@ -141,6 +140,12 @@ def choose_targets(requested: list[int | None], probs: Tensor) -> list[int]:
     return [top if wanted is None else wanted for wanted, top in zip(requested, top1, strict=True)]
 
 
+def requested_targets(requested: list[int | None], device: torch.device) -> Tensor:
+    """``(B,)`` long: the requested classes, :data:`TOP1` where none was asked for."""
+    values = [TOP1 if wanted is None else wanted for wanted in requested]
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
 def check_target(target: int | None, num_classes: int) -> None:
     """``ValueError`` when a requested class index does not exist."""
     if target is not None and not 0 <= target < num_classes:
@@ -156,7 +161,17 @@ def clean_maps(saliency: Tensor, size: tuple[int, int]) -> Tensor:
 
 # --- explaining with failure isolation --------------------------------------------------------
 
-RowOutput = tuple[Tensor, dict[str, Any]] | Problem
+
+@dataclass
+class Explained:
+    """One row's explanation: the normalised map, its metadata and the clean-input probabilities."""
+
+    heatmap: Tensor
+    meta: dict[str, Any]
+    probs: Tensor
+
+
+RowOutput = Explained | Problem
 
 
 @dataclass
@@ -202,13 +217,21 @@ class ExplainCall:
         saliency = explanation.saliency
         if saliency.dim() != 3 or saliency.shape[0] != len(rows):
             raise RuntimeError(f"explainer returned saliency of shape {tuple(saliency.shape)}")
+        extra_pass = explanation.logits is None
+        logits = predict_logits(self.handle, inputs) if extra_pass else explanation.logits
+        assert logits is not None
+        if logits.shape[0] != len(rows):
+            raise RuntimeError(f"explainer returned logits of shape {tuple(logits.shape)}")
+        probs = logits.detach().float().softmax(dim=1).cpu()
         maps = clean_maps(saliency, tuple(inputs.shape[-2:]))
         out: dict[int, RowOutput] = {}
         for i, row in enumerate(rows):
             meta = dict(explanation.meta[i]) if i < len(explanation.meta) else {}
+            if extra_pass:
+                meta["forward_passes"] = meta.get("forward_passes", 0) + 1
             if batch_size is not None and batch_size != self.params.get("max_batch_size"):
                 meta["max_batch_size_used"] = batch_size
-            out[row] = (maps[i], meta)
+            out[row] = Explained(maps[i], meta, probs[i])
         return out
 
     def _after_oom(self, rows: list[int], batch_size: int | None) -> dict[int, RowOutput]:
@@ -292,36 +315,40 @@ def run_group(ctx: GroupContext, jobs: list[Job], images: list[bytes | None]) ->
         return outcomes
     live = [jobs[i] for i in rows]
     inputs = to_batch(tensors, ctx.handle.device)
-    probs = predict(ctx.handle, inputs).cpu()
-    chosen = choose_targets([job.envelope.target for job in live], probs)
-    targets = torch.tensor(chosen, dtype=torch.long, device=inputs.device)
+    targets = requested_targets([job.envelope.target for job in live], inputs.device)
     params = live[0].params
     call = ExplainCall(
         ctx.handle, live[0].method, params, inputs, targets, ctx.progress, [j.job_id for j in live]
     )
     explained = call.run(list(range(len(live))), params.get("max_batch_size"))
-    evaluations = _evaluate(ctx, live, inputs, targets, explained, params)
+    chosen = [_chosen(job.envelope.target, explained[i]) for i, job in enumerate(live)]
+    evaluations = _evaluate(ctx, live, inputs, chosen, explained, params)
     compute_ms = (ctx.clock() - started) * 1000.0
     for i, index in enumerate(rows):
         output, evaluation = explained[i], evaluations.get(i)
         if isinstance(output, Problem) or isinstance(evaluation, Problem):
             outcomes[index].problem = output if isinstance(output, Problem) else evaluation
             continue
-        heatmap, meta = output
-        outcomes[index].heatmap = heatmap.cpu().numpy().astype("<f4", copy=False)
+        target = chosen[i]
+        meta = output.meta
+        if evaluation:
+            passes = evaluation_passes((inputs.shape[-2], inputs.shape[-1]), len(evaluation))
+            meta = {**meta, "forward_passes": meta.get("forward_passes", 0) + passes}
+            meta["evaluation_forward_passes"] = passes
+        outcomes[index].heatmap = output.heatmap.cpu().numpy().astype("<f4", copy=False)
         outcomes[index].result = WorkerResult(
             job_id=live[i].job_id,
             model=live[i].model,
             method=live[i].method,
             params=params,
             target=Prediction(
-                index=chosen[i],
-                label=label_of(ctx.handle, chosen[i]),
-                score=float(probs[i, chosen[i]]),
+                index=target,
+                label=label_of(ctx.handle, target),
+                score=float(output.probs[target]),
             ),
-            predictions=top_predictions(ctx.handle, probs[i]),
-            heatmap_height=int(heatmap.shape[0]),
-            heatmap_width=int(heatmap.shape[1]),
+            predictions=top_predictions(ctx.handle, output.probs),
+            heatmap_height=int(output.heatmap.shape[0]),
+            heatmap_width=int(output.heatmap.shape[1]),
             meta=meta,
             evaluation=evaluation or {},
             compute_ms=compute_ms,
@@ -331,23 +358,31 @@ def run_group(ctx: GroupContext, jobs: list[Job], images: list[bytes | None]) ->
     return outcomes
 
 
+def _chosen(requested: int | None, output: RowOutput) -> int:
+    """The class a row explained: as requested, else its clean top-1 (-1 for a failed row)."""
+    if requested is not None:
+        return requested
+    return int(output.probs.argmax()) if isinstance(output, Explained) else TOP1
+
+
 def _evaluate(
     ctx: GroupContext,
     jobs: list[Job],
     inputs: Tensor,
-    targets: Tensor,
+    chosen: list[int],
     explained: dict[int, RowOutput],
     params: dict[str, Any],
 ) -> dict[int, dict[str, float] | Problem]:
     """Metrics for the rows that asked for them (rows asking the same names run together)."""
     by_names: dict[tuple[str, ...], list[int]] = {}
     for row, job in enumerate(jobs):
-        if job.envelope.evaluate and not isinstance(explained[row], Problem):
+        if job.envelope.evaluate and isinstance(explained[row], Explained):
             by_names.setdefault(tuple(job.envelope.evaluate), []).append(row)
     out: dict[int, dict[str, float] | Problem] = {}
     batch = params.get("max_batch_size") or ctx.default_max_batch_size
+    targets = torch.tensor(chosen, dtype=torch.long, device=inputs.device)
     for names, rows in by_names.items():
-        maps = torch.stack([explained[row][0] for row in rows])  # type: ignore[index]
+        maps = torch.stack([explained[row].heatmap for row in rows])  # type: ignore[union-attr]
         scores = evaluate_rows(
             ctx.handle, inputs[rows], targets[rows], maps, list(names), int(batch)
         )

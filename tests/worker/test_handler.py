@@ -19,7 +19,6 @@ from workers.grouping import Job, effective_params
 from workers.handler import (
     GroupContext,
     decode_image,
-    predict,
     preprocess,
     run_group,
     top_predictions,
@@ -117,7 +116,7 @@ class FixedLogits(nn.Module):
 def test_predictions_are_the_softmax_top5_in_order() -> None:
     probs = [0.05, 0.3, 0.1, 0.02, 0.25, 0.08, 0.2]
     handle = make_handle(FixedLogits(probs), classes=7)
-    got = predict(handle, torch.zeros(2, 3, 32, 32))
+    got = handle.evaluate(torch.zeros(2, 3, 32, 32)).softmax(dim=1)
     assert torch.allclose(got, torch.tensor(probs).expand(2, -1), atol=1e-6)
     top = top_predictions(handle, got[0])
     assert [p.index for p in top] == [1, 4, 6, 2, 5]
@@ -137,7 +136,7 @@ def test_a_group_gives_each_job_what_it_gets_alone(runtime: Runtime) -> None:
     assert all(o.problem is None for o in outcomes)
     for job, image, outcome in zip(jobs, images, outcomes, strict=True):
         x = preprocess(decode_image(image), handle)[None]
-        probs = predict(handle, x)[0]
+        probs = handle.evaluate(x).softmax(dim=1)[0]
         target = int(probs.argmax()) if job.envelope.target is None else job.envelope.target
         alone = get_explainer("gradcam")(handle, x, torch.tensor([target])).saliency[0]
         low, high = alone.min(), alone.max()
@@ -161,8 +160,8 @@ class Picky(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.features(x)
-        # Gradient recording is on after the CAM layer in the explainer stage only (the
-        # prediction stage runs under no_grad, and CAMs run the layers before theirs without).
+        # Gradient recording is on after the CAM layer only (CAMs run the layers before
+        # theirs without).
         flat = x[:, 0].flatten(1)
         if torch.is_grad_enabled() and bool((flat < -1.99).all(dim=1).any()):
             raise ValueError("all-black images are not supported")
@@ -223,7 +222,7 @@ def test_out_of_memory_halves_the_batch_until_it_fits() -> None:
     assert outcomes[0].result.params["max_batch_size"] == 16  # type: ignore[union-attr]
     # Same maps as a direct call at the batch size that fits.
     x = torch.stack([preprocess(decode_image(i), handle) for i in images])
-    targets = predict(handle, x).argmax(dim=1)
+    targets = handle.evaluate(x).argmax(dim=1)
     model.limit = 10**6
     direct = get_explainer("occlusion")(handle, x, targets, window=8, stride=8, max_batch_size=4)
     for row, outcome in enumerate(outcomes):

@@ -9,13 +9,19 @@ An explainer is a plain function registered under its client-facing name::
   preprocessing facts (input size, mean/std), labels and default layer.
 * ``inputs``: one float tensor ``(B, 3, H, W)`` already resized and normalised, on
   ``handle.device``. Several jobs of a group are several rows.
-* ``targets``: ``(B,)`` long tensor of class indices, one per row.
+* ``targets``: ``(B,)`` long tensor of class indices, one per row; ``-1`` (:data:`TOP1`)
+  asks for the row's top-1 class, which the explainer reads from the first forward pass it
+  runs on the clean input anyway (:func:`resolve_targets`): the prediction costs no pass of
+  its own. Those clean logits come back in ``Explanation.logits``.
 * keyword parameters: exactly the fields of the method's parameter model in
   ``app/contract/params`` (a test checks they agree), plus ``progress``.
 * ``progress(done, total)``: call it between chunks of work (never while hooks are attached
   or inside a half-built batch); it may raise :class:`Cancelled`, which the explainer lets
-  propagate. It may also run other (cheap) jobs on the same model before returning, so an
-  explainer must not leave hooks or modified modules in place across the call.
+  propagate. In the worker it is also where the scheduler runs other jobs' chunks before
+  returning, so an explainer must not leave hooks or modified modules in place across it.
+* No-grad model evaluations go through ``handle.evaluate(x)`` (never ``handle.model(x)``
+  under ``inference_mode``): in the worker that call hands the rows to the model's batcher,
+  which packs the rows of many jobs into one forward pass (and also yields to the scheduler).
 
 It returns an :class:`Explanation`: ``saliency`` ``(B, H, W)`` float32 at input resolution,
 where larger means "drove the target score more" (sign kept, not normalised: the worker
@@ -31,7 +37,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from workers.explainers.forward import forward_logits, prefers_channels_last
+
 ProgressFn = Callable[[int, int], None]
+EvaluateFn = Callable[[Tensor, str], Tensor]
+"""``(inputs (n, C, H, W), precision) -> float32 logits (n, K)``, no gradient."""
+
+TOP1 = -1
+"""A target meaning "the row's top-1 class on the clean input"."""
 
 
 class Cancelled(Exception):  # noqa: N818 - it is a signal, not an error
@@ -61,6 +74,8 @@ class ModelHandle:
     labels: tuple[str, ...] = ()
     default_layer: str | None = None
     architecture: str = ""
+    evaluator: EvaluateFn | None = field(default=None, repr=False, compare=False)
+    """Where :meth:`evaluate` sends its rows (the worker's batcher); None: run them here."""
     _auto_layer: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -69,6 +84,15 @@ class ModelHandle:
         for tensor in self.model.parameters():
             return tensor.device
         return torch.device("cpu")
+
+    def evaluate(self, inputs: Tensor, precision: str = "float32") -> Tensor:
+        """Float32 logits ``(n, K)`` of a gradient-free forward pass of ``inputs``.
+
+        Rows are independent: the worker may run them in one pass with other jobs' rows.
+        """
+        if self.evaluator is not None:
+            return self.evaluator(inputs, precision)
+        return forward_logits(self.model, inputs, precision, prefers_channels_last(self.model))
 
     def mean_std(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std as ``(1, C, 1, 1)`` tensors matching ``like``'s device and dtype."""
@@ -129,17 +153,46 @@ class ModelHandle:
         return chosen
 
 
+def resolve_targets(targets: Tensor, logits: Tensor) -> Tensor:
+    """Each row's class: as requested, or its top-1 class in ``logits`` where it is :data:`TOP1`.
+
+    ``logits`` must be the rows' clean-input logits (one row per target).
+    """
+    if not bool((targets < 0).any()):
+        return targets
+    top1 = logits.detach().argmax(dim=1).to(targets.device)
+    return torch.where(targets < 0, top1, targets)
+
+
+def clean_pass(
+    handle: ModelHandle, inputs: Tensor, targets: Tensor, batch: int
+) -> tuple[Tensor, Tensor]:
+    """The inputs' logits ``(B, K)`` (gradient-free passes of at most ``batch`` rows) and the
+    targets with top-1 requests resolved; both ordinary (non-inference) tensors."""
+    parts = [
+        handle.evaluate(inputs[start : start + batch]) for start in range(0, len(inputs), batch)
+    ]
+    with torch.inference_mode(False):
+        logits = torch.cat(parts).clone()
+        return logits, resolve_targets(targets, logits).clone()
+
+
 @dataclass
 class Explanation:
-    """Saliency maps ``(B, H, W)`` and one metadata dict per row."""
+    """Saliency maps ``(B, H, W)``, one metadata dict per row, and the clean-input logits.
+
+    ``logits`` ``(B, K)`` are the model's answer on the unperturbed inputs, from a pass the
+    method ran anyway; the worker reports the prediction from them (None: it runs a pass).
+    """
 
     saliency: Tensor
     meta: list[dict[str, Any]]
+    logits: Tensor | None = None
 
     @classmethod
-    def uniform(cls, saliency: Tensor, **meta: Any) -> Explanation:
+    def uniform(cls, saliency: Tensor, logits: Tensor | None = None, **meta: Any) -> Explanation:
         """Every row gets the same metadata."""
-        return cls(saliency=saliency, meta=[dict(meta) for _ in range(saliency.shape[0])])
+        return cls(saliency, [dict(meta) for _ in range(saliency.shape[0])], logits)
 
 
 Explainer = Callable[..., Explanation]

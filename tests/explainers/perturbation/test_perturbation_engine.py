@@ -114,4 +114,4 @@ def test_cancellation_stops_between_chunks(method: str, params: dict) -> None:
             progress=progress,
             **params,
         )
-    assert seen == [4, 8]
+    assert seen == [6, 10]  # the clean pass of both images (2), then chunks of 4

@@ -76,4 +76,4 @@ def test_seed_and_batch_size() -> None:
     assert torch.allclose(big.saliency, one.saliency, rtol=1e-5, atol=1e-6)
     assert torch.allclose(big.saliency[1], alone.saliency[0], rtol=1e-5, atol=1e-6)
     assert (big.saliency - other.saliency).abs().max() > 1e-3
-    assert big.meta[0]["forward_passes"] == 100
+    assert big.meta[0]["forward_passes"] == 101  # the clean pass + 100 masks

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workers.explainers.base import ExplainerError, Explanation, ModelHandle
+from workers.explainers.base import ExplainerError, Explanation, ModelHandle, resolve_targets
 from workers.explainers.cam.formulas import weighted_sum
 from workers.explainers.hooks import capture_many
 from workers.explainers.postprocess import upsample
@@ -41,6 +41,10 @@ class CamResult:
     notes: list[str | None] = field(default_factory=list)
     row_meta: list[dict[str, Any]] = field(default_factory=list)
     """Metadata that differs between rows (merged over ``meta``)."""
+    logits: Tensor | None = None
+    """``(B, K)`` clean-input logits from the method's own forward pass."""
+    targets: Tensor | None = None
+    """``(B,)`` the classes explained (top-1 requests resolved)."""
 
 
 def resolve_layers(
@@ -74,6 +78,8 @@ class LayerPass:
     gradients: list[Tensor]
     order: list[int]
     """Indices of the requested layers sorted by when they ran (shallow to deep)."""
+    targets: Tensor
+    """The rows' classes, top-1 requests resolved from this pass's logits."""
 
 
 def _hooked_forward(
@@ -82,15 +88,15 @@ def _hooked_forward(
     targets: Tensor,
     modules: Sequence[nn.Module],
     upstream_grad: bool,
-) -> tuple[Tensor, Tensor, list[Tensor], list[int]]:
-    """(logits, summed target logits, activations, hook steps) of one forward, layers cut."""
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[int]]:
+    """(logits, targets, summed target logits, activations, hook steps) of one forward."""
     with capture_many(modules, gradients=False, detach=False, cut=True) as records:
         with torch.set_grad_enabled(upstream_grad):
             logits = handle.model(x)  # the first hooked layer turns recording on
         activations = [record.activation for record in records]
         steps = [record.steps[-1] for record in records]
-    index = targets.detach().clone().view(-1, 1).to(logits.device)
-    return logits, logits.gather(1, index).sum(), activations, steps
+    targets = resolve_targets(targets.detach().clone().to(logits.device), logits)
+    return logits, targets, logits.gather(1, targets.view(-1, 1)).sum(), activations, steps
 
 
 def layer_gradients(
@@ -102,6 +108,9 @@ def layer_gradients(
 ) -> LayerPass:
     """One forward + backward: activations of each layer and ``∂S_target/∂activations``.
 
+    A top-1 request (``-1``) is resolved per row from this pass's logits, so it must only be
+    made for rows that are clean inputs.
+
     The layers before the first hooked one run without gradient recording: ``∂S/∂A`` depends
     only on what comes after ``A``. If the model switches recording off again on its own (a
     ``no_grad`` block spanning the layer), the forward is repeated with recording throughout.
@@ -110,9 +119,13 @@ def layer_gradients(
         # Autograd refuses inference-mode tensors: those are cloned into normal ones.
         x = inputs.detach()
         x = x.clone() if x.is_inference() else x
-        logits, score, activations, steps = _hooked_forward(handle, x, targets, modules, False)
+        logits, chosen, score, activations, steps = _hooked_forward(
+            handle, x, targets, modules, False
+        )
         if not score.requires_grad and activations:
-            logits, score, activations, steps = _hooked_forward(handle, x, targets, modules, True)
+            logits, chosen, score, activations, steps = _hooked_forward(
+                handle, x, targets, modules, True
+            )
         for name, activation in zip(names, activations, strict=True):
             _check_spatial(name, activation)
         if not score.requires_grad:
@@ -124,16 +137,18 @@ def layer_gradients(
             raise ExplainerError(f"the target does not depend on layer {name!r}")
         out.append(gradient.detach())
     order = sorted(range(len(steps)), key=steps.__getitem__)
-    return LayerPass(logits.detach(), [a.detach() for a in activations], out, order)
+    return LayerPass(logits.detach(), [a.detach() for a in activations], out, order, chosen)
 
 
-def layer_activations(handle: ModelHandle, inputs: Tensor, name: str, module: nn.Module) -> Tensor:
-    """One gradient-free forward; the layer's activations ``(B, K, h, w)``."""
+def layer_activations(
+    handle: ModelHandle, inputs: Tensor, name: str, module: nn.Module
+) -> tuple[Tensor, Tensor]:
+    """One gradient-free forward: the layer's activations ``(B, K, h, w)`` and the logits."""
     with torch.inference_mode(), capture_many([module], gradients=False) as (record,):
-        handle.model(inputs)
+        logits = handle.model(inputs)
         activation = record.activation
     _check_spatial(name, activation)
-    return activation
+    return activation, logits.float()
 
 
 def finish_maps(raw: Tensor, layer: str, method: str) -> tuple[Tensor, list[str | None]]:
@@ -170,7 +185,7 @@ def gradient_cam(
     A, G = got.activations[0], got.gradients[0]
     maps, notes = finish_maps(weighted_sum(weights(A, G), A), names[0], method)
     meta = {"forward_passes": 1, "backward_passes": 1}
-    return CamResult(names[0], maps, source, meta, notes)
+    return CamResult(names[0], maps, source, meta, notes, logits=got.logits, targets=got.targets)
 
 
 def explanation(result: CamResult, inputs: Tensor) -> Explanation:
@@ -185,4 +200,4 @@ def explanation(result: CamResult, inputs: Tensor) -> Explanation:
         if note:
             entry["note"] = note
         meta.append(entry)
-    return Explanation(saliency=saliency, meta=meta)
+    return Explanation(saliency, meta, result.logits)

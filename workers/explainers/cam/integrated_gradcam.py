@@ -13,7 +13,8 @@ converges to the path integral as ``M`` grows (a positive constant: the normalis
 unchanged); the baseline activations are subtracted as in the paper's equation (the demo takes
 them as 0 and applies a ReLU per step). With one step and a baseline whose activations are 0,
 the map is exactly Grad-CAM's. Cost: 1 forward of the baseline + M × (forward + backward) per
-image; the B·M path points are filled into passes of ``max_batch_size`` (default 64).
+image; the B·M path points are filled into passes of ``max_batch_size`` (default 64), the
+inputs themselves (``m = M``) first: their pass also gives the prediction.
 """
 
 from __future__ import annotations
@@ -49,28 +50,42 @@ def path_integral(
     steps: int,
     max_batch_size: int,
     progress: ProgressFn,
-) -> Tensor:
-    """``(1/M) Σ_m Σ_k (A_k(x_m) − A_k(x')) · mean_ij G_k(x_m)``, ``(B, h, w)``, before ReLU."""
-    base_activation = layer_activations(handle, baseline, name, module)
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(1/M) Σ_m Σ_k (A_k(x_m) − A_k(x')) · mean_ij G_k(x_m)`` ``(B, h, w)`` before ReLU,
+    the clean logits ``(B, K)`` and the targets (top-1 requests resolved).
+
+    The path's last points (``m = M``: the inputs themselves) go first, in chunks of their
+    own: their pass gives the prediction and resolves top-1 targets for the other points.
+    """
+    base_activation, _ = layer_activations(handle, baseline, name, module)
     base_activation = base_activation.expand(inputs.shape[0], *base_activation.shape[1:])
     batch = inputs.shape[0]
     total = batch * steps
-    raw: Tensor | None = None
-    for chunk in iter_chunks(total, max_batch_size):
-        index = torch.arange(chunk.start, chunk.stop, device=inputs.device)
-        image = index // steps
-        alpha = ((index % steps + 1).to(inputs.dtype) / steps).view(-1, 1, 1, 1)
+    raw = logits = None
+    clean_chunks = [(c.start, c.stop) for c in iter_chunks(batch, max_batch_size)]
+    path_chunks = [
+        (c.start + batch, c.stop + batch) for c in iter_chunks(total - batch, max_batch_size)
+    ]
+    for start_item, stop_item in clean_chunks + path_chunks:
+        index = torch.arange(start_item, stop_item, device=inputs.device)
+        image = index % batch
+        alpha = ((steps - index // batch).to(inputs.dtype) / steps).view(-1, 1, 1, 1)
         start = baseline.expand_as(inputs)[image]
         points = start + alpha * (inputs[image] - start)
         got = layer_gradients(handle, points, targets[image], [name], [module])
+        if stop_item <= batch:  # clean rows: keep their logits and resolved targets
+            targets = targets.clone()
+            targets[image] = got.targets
+            part = got.logits.float()
+            logits = part if logits is None else torch.cat([logits, part])
         A, G = got.activations[0], got.gradients[0]
         terms = torch.einsum("nk,nkhw->nhw", G.mean(dim=(2, 3)), A - base_activation[image])
         if raw is None:
             raw = torch.zeros(batch, *terms.shape[1:], device=terms.device, dtype=terms.dtype)
         raw.index_add_(0, image, terms)
-        progress(chunk.stop, total)
-    assert raw is not None
-    return raw / steps
+        progress(stop_item, total)
+    assert raw is not None and logits is not None
+    return raw / steps, logits, targets
 
 
 def integrated_gradcam_maps(
@@ -90,12 +105,12 @@ def integrated_gradcam_maps(
     """
     names, modules, source = resolve_layers(handle, [layer])
     start = black_baseline(handle, inputs) if baseline is None else baseline.to(inputs)
-    raw = path_integral(
+    raw, logits, targets = path_integral(
         handle, inputs, targets, names[0], modules[0], start, steps, max_batch_size or 64, progress
     )
     maps, notes = finish_maps(raw, names[0], "Integrated Grad-CAM")
     meta = {"forward_passes": steps + 1, "backward_passes": steps, "steps": steps}
-    return CamResult(names[0], maps, source, meta, notes)
+    return CamResult(names[0], maps, source, meta, notes, logits=logits, targets=targets)
 
 
 @register("integrated_gradcam")

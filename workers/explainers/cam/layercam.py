@@ -61,7 +61,7 @@ def layercam_maps(
     if len(names) > 1:
         meta["layers"] = [names[index] for index in got.order]
     name = "+".join(names[index] for index in got.order)
-    return CamResult(name, fused, source, meta, row_notes)
+    return CamResult(name, fused, source, meta, row_notes, logits=got.logits, targets=got.targets)
 
 
 @register("layercam")

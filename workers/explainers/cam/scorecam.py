@@ -9,8 +9,10 @@ the input, and the target's softmax probability on the masked input is that chan
 (as the authors' code: the probability itself, without subtracting a baseline score). The
 masking happens in model-input space, so a masked pixel takes the value 0 there (the dataset
 mean colour). Constant channels (``H_k`` undefined) get ``s_k = 0`` and cost no forward pass.
-Cost: 1 + K forward passes per image (K = channels of the layer); the masked inputs of all
-images are filled into forward passes of ``max_batch_size`` (default 64) under inference mode.
+Cost: 1 + K forward passes per image (K = channels of the layer; the first pass, which reads
+the activations, also gives the prediction); the masked inputs of all images are filled into
+gradient-free passes of ``max_batch_size`` (default 64) through ``handle.evaluate`` (in the
+worker, shared with other jobs' rows).
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_progress
+from workers.explainers.base import (
+    Explanation,
+    ModelHandle,
+    ProgressFn,
+    no_progress,
+    resolve_targets,
+)
 from workers.explainers.batching import iter_chunks
 from workers.explainers.cam.base import (
     CamResult,
@@ -52,7 +60,7 @@ def channel_scores(
     for chunk in iter_chunks(total, max_batch_size):
         image, channel = pairs[chunk, 0], pairs[chunk, 1]
         masks = normalise(upsample(A[image, channel], size))
-        logits = handle.model(inputs[image] * masks.unsqueeze(1).to(inputs.dtype))
+        logits = handle.evaluate(inputs[image] * masks.unsqueeze(1).to(inputs.dtype))
         probs = logits.float().softmax(dim=1).gather(1, targets[image].view(-1, 1))[:, 0]
         scores[image, channel] = probs
         progress(chunk.stop, total)
@@ -71,11 +79,12 @@ def scorecam_maps(
     """Score-CAM maps ``(B, h, w)`` at the layer's resolution, ReLU applied."""
     names, modules, source = resolve_layers(handle, [layer])
     with torch.inference_mode():
-        A = layer_activations(handle, inputs, names[0], modules[0])
+        A, logits = layer_activations(handle, inputs, names[0], modules[0])
+        targets = resolve_targets(targets, logits)
         scores, passes = channel_scores(handle, inputs, targets, A, max_batch_size or 64, progress)
         maps, notes = finish_maps(weighted_sum(scores, A), names[0], "Score-CAM")
     rows = [{"forward_passes": 1 + int(n)} for n in passes.tolist()]
-    return CamResult(names[0], maps, source, {}, notes, rows)
+    return CamResult(names[0], maps, source, {}, notes, rows, logits, targets)
 
 
 @register("scorecam")

@@ -25,7 +25,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_progress
+from workers.explainers.base import (
+    Explanation,
+    ModelHandle,
+    ProgressFn,
+    no_progress,
+    resolve_targets,
+)
 from workers.explainers.batching import iter_chunks
 from workers.explainers.cam.base import (
     CamResult,
@@ -97,7 +103,8 @@ def smooth_gradcam_pp_maps(
 ) -> CamResult:
     """Smooth Grad-CAM++ maps ``(B, h, w)`` at the layer's resolution, ReLU applied."""
     names, modules, source = resolve_layers(handle, [layer])
-    A = layer_activations(handle, inputs, names[0], modules[0])
+    A, logits = layer_activations(handle, inputs, names[0], modules[0])
+    targets = resolve_targets(targets, logits)
     keep, where = mode_masks(A, mode, channels, neuron)
     spreads = sigma * (inputs.flatten(1).amax(dim=1) - inputs.flatten(1).amin(dim=1))
     z = noise(inputs, n_samples, seed)
@@ -109,7 +116,7 @@ def smooth_gradcam_pp_maps(
         weights = weights * keep.to(weights.dtype)
     maps, notes = finish_maps(weighted_sum(weights, A), names[0], "Smooth Grad-CAM++")
     meta = {"forward_passes": n_samples + 1, "backward_passes": n_samples, "mode": mode}
-    return CamResult(names[0], maps, source, meta, notes)
+    return CamResult(names[0], maps, source, meta, notes, logits=logits, targets=targets)
 
 
 @register("smooth_gradcam_pp")

@@ -33,12 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from app.contract.metrics import CURVE_STEPS
 from workers.explainers.base import ModelHandle
 from workers.explainers.batching import iter_chunks
 from workers.explainers.metrics.auc import trapezoid_auc
 from workers.explainers.postprocess import upsample
 
-DEFAULT_STEPS = 224
+DEFAULT_STEPS = CURVE_STEPS
 """Steps of a curve when ``step`` is not given (the RISE paper's count at 224 × 224)."""
 
 BLUR_SIZE = 11
@@ -107,7 +108,7 @@ def transfer_curves(
             image, k = index // points, index % points
             moved = (ranks[image] < (k * step)[:, None]).view(-1, 1, height, width)
             states = torch.where(moved, end[image], start[image])
-            probs = handle.model(states).float().softmax(dim=1)
+            probs = handle.evaluate(states).softmax(dim=1)
             curves[image, k] = probs.gather(1, targets[image].view(-1, 1))[:, 0]
     return curves
 

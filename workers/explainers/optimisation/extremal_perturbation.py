@@ -20,7 +20,8 @@ Deterministic: no random draw, so no seed.
 
 Differences from TorchRay [X]: the area penalty is taken over the image's pixels (TorchRay
 includes a σ-wide margin around the image); the parameter grid is centred on the image; the
-returned mask is the one after the last update. Cost: ``iterations`` × (F + B) per area.
+returned mask is the one after the last update. Cost: one clean pass (the prediction), then
+``iterations`` × (F + B) per area.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_progress
+from workers.explainers.base import (
+    Explanation,
+    ModelHandle,
+    ProgressFn,
+    clean_pass,
+    no_progress,
+)
 from workers.explainers.batching import iter_chunks
 from workers.explainers.optimisation.filters import gaussian_blur
 from workers.explainers.optimisation.loop import (
@@ -132,6 +139,7 @@ def extremal_perturbation(
     batch, n_areas, size = inputs.shape[0], len(areas), (inputs.shape[-2], inputs.shape[-1])
     with ordinary_tensors():
         inputs, device, dtype = inputs.clone(), inputs.device, mask_dtype(inputs)
+        logits, targets = clean_pass(handle, inputs, targets, max_batch_size or 64)
         game = _Game(
             handle, SmoothMaskGenerator(size, step, sigma, device, dtype), variant, levels,
             max_blur, area_lambda, area_growth, jitter,
@@ -149,7 +157,11 @@ def extremal_perturbation(
             outcome = game.optimise(inputs, targets, row_image[rows], row_area[rows], report)
             masks[rows] = game.generator(outcome.params)
             steps[rows] = outcome.steps
-        return _explanation(masks.view(batch, n_areas, *size), steps.view(batch, n_areas), smooth)
+        explained = _explanation(
+            masks.view(batch, n_areas, *size), steps.view(batch, n_areas), smooth
+        )
+    explained.logits = logits
+    return explained
 
 
 def _explanation(masks: Tensor, steps: Tensor, smooth: float) -> Explanation:
@@ -162,7 +174,7 @@ def _explanation(masks: Tensor, steps: Tensor, smooth: float) -> Explanation:
     steps_list = steps.tolist()
     meta = [
         {
-            "forward_passes": int(sum(row_steps)),
+            "forward_passes": 1 + int(sum(row_steps)),
             "backward_passes": int(sum(row_steps)),
             "iterations": row_steps,
             "mask_areas": [round(a, 4) for a in row_areas],

@@ -6,7 +6,8 @@ Discs of radius 0, 5, …, 170 px (at 224 px; scaled by min(H, W)/224 here), cen
 the target's softmax probability after deleting disc ``r``, ``s_0`` before any deletion and
 ``s_R`` after the largest, the first radius with ``(s_r − s_R)/(s_0 − s_R) < 0.01`` is chosen
 (the largest when none qualifies); the mask starts as ``1 − disc``, resized to the mask grid
-by nearest neighbour. Cost: ``1 + 35`` forward passes per image, in chunks of ``bs``.
+by nearest neighbour. Cost: 35 forward passes per image beyond the clean one, in chunks of
+``bs``.
 """
 
 from __future__ import annotations
@@ -42,17 +43,18 @@ def circle_init(
     inputs: Tensor,
     blurred: Tensor,
     targets: Tensor,
+    original: Tensor,
     grid: tuple[int, int],
     bs: int,
 ) -> tuple[Tensor, int]:
-    """Initial masks ``(B, 1, h, w)`` and the forward passes spent per image."""
+    """Initial masks ``(B, 1, h, w)`` and the forward passes spent per image beyond the clean
+    one (``original``: the targets' clean probabilities)."""
     batch, size = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
     discs = blurred_discs(size, inputs.device)
     n_radii = discs.shape[0]
     scores = torch.empty(batch, n_radii, device=inputs.device)
     total = batch * n_radii
     with torch.inference_mode():
-        original = _probability(handle, inputs, targets)
         for chunk in iter_chunks(total, bs):
             index = torch.arange(chunk.start, chunk.stop, device=inputs.device)
             image, radius = index // n_radii, index % n_radii
@@ -64,7 +66,7 @@ def circle_init(
     below = relative < THRESHOLD  # NaN (no drop at all) counts as not below, as in the code
     first = torch.where(below.any(dim=1), below.float().argmax(dim=1), n_radii - 1)
     masks = F.interpolate(1 - discs[first], size=grid, mode="nearest")
-    return masks.clone(), 1 + n_radii
+    return masks.clone(), n_radii
 
 
 def initial_masks(
@@ -72,18 +74,20 @@ def initial_masks(
     inputs: Tensor,
     blurred: Tensor,
     targets: Tensor,
+    original: Tensor,
     init: str,
     grid: tuple[int, int],
     seed: int,
     bs: int,
 ) -> tuple[Tensor, int]:
-    """Starting masks ``(B, 1, h, w)`` (``circle`` or ``random``) and forwards spent per image.
+    """Starting masks ``(B, 1, h, w)`` (``circle`` or ``random``) and forwards spent per image
+    beyond the clean pass (``original``: the targets' clean probabilities).
 
     ``random`` is one uniform draw from ``seed``, the same for every image, so an image's
     result does not depend on the rest of its group.
     """
     if init == "circle":
-        return circle_init(handle, inputs, blurred, targets, grid, bs)
+        return circle_init(handle, inputs, blurred, targets, original, grid, bs)
     if init == "random":
         generator = torch.Generator().manual_seed(seed)
         draw = torch.rand(1, 1, *grid, generator=generator).to(inputs.device)
@@ -93,5 +97,5 @@ def initial_masks(
 
 def _probability(handle: ModelHandle, x: Tensor, targets: Tensor) -> Tensor:
     """Softmax probability of each row's target."""
-    probs = handle.model(x).float().softmax(dim=1)
+    probs = handle.evaluate(x).softmax(dim=1)
     return probs.gather(1, targets.view(-1, 1))[:, 0]

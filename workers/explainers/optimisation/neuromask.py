@@ -16,7 +16,8 @@ The group's images are rows of one ``W`` tensor; the loss is the sum of per-imag
 each image's update is exactly its own. The initial ``W`` is one draw from the seeded
 generator, the same for every image (a row does not depend on the rest of the group).
 
-Saliency: the final ``m`` (high = kept). Cost: ``iterations`` × (F + B) per image.
+Saliency: the final ``m`` (high = kept). Cost: one clean pass (the prediction), then
+``iterations`` × (F + B) per image.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_progress
+from workers.explainers.base import (
+    Explanation,
+    ModelHandle,
+    ProgressFn,
+    clean_pass,
+    no_progress,
+)
 from workers.explainers.batching import iter_chunks
 from workers.explainers.optimisation.filters import laplacian_kernel
 from workers.explainers.optimisation.loop import (
@@ -93,6 +100,7 @@ def neuromask(
     optimiser = RMSPropTF1(lr=learning_rate, ms_init=rms_init)
     lambdas = (lambda_pred, lambda_sparse, lambda_smooth)
     with ordinary_tensors():
+        logits, targets = clean_pass(handle, inputs, targets, max_batch_size or 64)
         display, dtype = handle.to_display(inputs.clone()), mask_dtype(inputs)
         kernel = laplacian_kernel(laplacian, device=inputs.device, dtype=dtype)
         draw = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(seed))
@@ -109,5 +117,7 @@ def neuromask(
             outcome = minimise(objective.loss, init, optimiser, budget, on_step=report)
             masks[rows] = torch.sigmoid(outcome.params / temperature)
             steps[rows] = outcome.steps
-    meta = [{"forward_passes": s, "backward_passes": s, "iterations": s} for s in steps.tolist()]
-    return Explanation(saliency=masks[:, 0].float(), meta=meta)
+    meta = [
+        {"forward_passes": 1 + s, "backward_passes": s, "iterations": s} for s in steps.tolist()
+    ]
+    return Explanation(masks[:, 0].float(), meta, logits)

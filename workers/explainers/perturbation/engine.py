@@ -3,10 +3,13 @@
 Every perturbation method is the same loop over a flat list of *items*, one item being one
 perturbed copy of one image of the call:
 
-* :class:`Evaluator` slices the items into chunks of ``max_batch_size`` across all images,
-  runs the model on each chunk (optionally under CUDA autocast in float16 / bfloat16), reads
-  each row's target score (softmax probability or logit) and reports progress
-  (evaluations done / planned) between chunks — where a cancellation may be raised.
+* :class:`Evaluator` first runs the clean images (:meth:`Evaluator.clean`: the prediction,
+  the top-1 targets and the reference scores come from that pass), then slices the items into
+  chunks of ``max_batch_size`` across all images, evaluates each chunk through
+  ``handle.evaluate`` (in the worker: the per-model batcher, which may pack other jobs' rows
+  into the same pass; optionally under CUDA autocast in float16 / bfloat16), reads each row's
+  target score (softmax probability or logit) and reports progress (evaluations done /
+  planned) between chunks — where a cancellation may be raised.
 * Items are built on the model's device by broadcasting: :func:`box_masks` and
   :func:`occlude` for rectangular occluders (occlusion, FMO), the methods' own gathers for
   random masks (RISE) and superpixels (LIME). Index tensors live on the device, so nothing
@@ -14,16 +17,16 @@ perturbed copy of one image of the call:
 * :func:`paint_boxes` sums per-box values into maps with a 2-D difference array (exact,
   ``O(items + pixels)``) instead of materialising one full-size mask per item.
 * Memory layout: the explainers pass their inputs through :meth:`Evaluator.layout` first, so
-  perturbed batches are born channels-last where the model runs faster that way (always on
-  CPU, where oneDNN convolutions gain 1.3–1.6×; on CUDA when the model is stored
-  channels-last, as the model zoo does).
+  perturbed batches are born channels-last where the model runs faster that way
+  (:mod:`workers.explainers.forward`).
+* Memory: a call holds its inputs, one chunk of perturbed items and per-item scores; nothing
+  grows with the number of items beyond a few numbers per item.
 
 Everything here runs under ``torch.inference_mode()`` (the explainers enter it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,13 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workers.explainers.base import ExplainerError, ModelHandle, ProgressFn, no_progress
+from workers.explainers import forward
+from workers.explainers.base import (
+    ExplainerError,
+    ModelHandle,
+    ProgressFn,
+    no_progress,
+    resolve_targets,
+)
 from workers.explainers.batching import iter_chunks
 
 DEFAULT_BATCH = 64
 """Forward batch when ``max_batch_size`` arrives as None."""
 
-HALF_TYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 BLUR_SIGMA_AT_224 = 10.0
 """σ of the ``blur`` fill at 224 px (METHODS §1.3), scaled with the shorter input side."""
 
@@ -57,9 +66,10 @@ def target_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
 
 def precision_used(device: torch.device, precision: str) -> str:
     """The precision a call really runs in: half types only on CUDA, else float32."""
-    if precision not in ("float32", *HALF_TYPES):
-        raise ExplainerError(f"unknown precision {precision!r}")
-    return precision if device.type == "cuda" else "float32"
+    try:
+        return forward.precision_used(device, precision)
+    except forward.PrecisionError as error:
+        raise ExplainerError(str(error)) from None
 
 
 @dataclass
@@ -67,7 +77,9 @@ class Evaluator:
     """Runs the model on perturbed items chunk by chunk and counts what it did.
 
     ``planned`` is the number of evaluations the call expects in all (methods whose work is
-    decided on the way, like FMO, revise it); ``done`` the number run so far.
+    decided on the way, like FMO, revise it); ``done`` the number run so far. The first pass
+    of every call is :meth:`clean`: the unperturbed images, whose logits give the prediction,
+    the top-1 targets (:data:`~workers.explainers.base.TOP1`) and the reference scores.
     """
 
     handle: ModelHandle
@@ -78,12 +90,14 @@ class Evaluator:
     progress: ProgressFn = no_progress
     planned: int = 0
     done: int = 0
+    logits: Tensor | None = None
+    """``(B, K)`` clean-input logits, once :meth:`clean` ran."""
 
     def __post_init__(self) -> None:
         self.batch = self.max_batch_size or DEFAULT_BATCH
         device = self.targets.device
         self.used_precision = precision_used(device, self.precision)
-        self._channels_last = _prefers_channels_last(self.handle)
+        self._channels_last = forward.prefers_channels_last(self.handle.model)
 
     def layout(self, images: Tensor) -> Tensor:
         """``images`` in the memory layout the model runs fastest on (built-upon tensors keep
@@ -91,6 +105,21 @@ class Evaluator:
         if self._channels_last:
             return images.contiguous(memory_format=torch.channels_last)
         return images
+
+    def clean(self, inputs: Tensor) -> Tensor:
+        """``(B,)`` target scores of the unperturbed ``inputs`` (one pass per image, counted).
+
+        Resolves top-1 targets and keeps the logits in :attr:`logits`.
+        """
+        parts = [
+            self.handle.evaluate(inputs[chunk], self.precision)
+            for chunk in iter_chunks(inputs.shape[0], self.batch)
+        ]
+        self.logits = torch.cat(parts)
+        self.targets = resolve_targets(self.targets, self.logits)
+        self.done += inputs.shape[0]
+        self.planned = max(self.planned, self.done)
+        return target_scores(self.logits, self.targets, self.score)
 
     def chunks(self, count: int) -> Iterator[slice]:
         """Slices of ``range(count)``; progress is reported after each one is consumed."""
@@ -102,31 +131,8 @@ class Evaluator:
 
     def scores(self, inputs: Tensor, rows: Tensor) -> Tensor:
         """``(n,)`` target scores of ``inputs`` ``(n, C, H, W)``; ``rows`` = image of each."""
-        if self._channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            logits = self.handle.model(inputs)
+        logits = self.handle.evaluate(inputs, self.precision)
         return target_scores(logits, self.targets[rows], self.score)
-
-    def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.used_precision == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=HALF_TYPES[self.used_precision])
-
-
-def _prefers_channels_last(handle: ModelHandle) -> bool:
-    """Whether to feed the model channels-last (NHWC) batches.
-
-    On CPU always: oneDNN convolutions run 1.3–1.6× faster on NHWC inputs (measured on
-    ResNet-18/50, one thread). On CUDA only when the first convolution's weight is already
-    channels-last (the model zoo stores CUDA models that way), so cuDNN never converts weights.
-    """
-    for tensor in handle.model.parameters():
-        if tensor.dim() == 4:
-            if not tensor.is_cuda:
-                return True
-            return tensor.is_contiguous(memory_format=torch.channels_last)
-    return False
 
 
 # --- rectangular occluders -------------------------------------------------------------------
@@ -216,11 +222,7 @@ def occlude(inputs: Tensor, fill: Fill, rows: Tensor, boxes: Tensor) -> Tensor:
 def score_boxes(
     evaluator: Evaluator, inputs: Tensor, fill: Fill, rows: Tensor, boxes: Tensor
 ) -> Tensor:
-    """``(n,)`` target scores of every occluded item, in chunks filled across images.
-
-    An empty box (``y0 == y1``) leaves the image intact: that is how the clean reference
-    score rides in the same forward passes as the occluded copies.
-    """
+    """``(n,)`` target scores of every occluded item, in chunks filled across images."""
     out = torch.empty(rows.shape[0], device=inputs.device)
     for chunk in evaluator.chunks(rows.shape[0]):
         part_rows = rows[chunk]

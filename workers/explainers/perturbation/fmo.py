@@ -9,7 +9,7 @@ faster than the Occlusion Test on average. Everything below is the reconstructio
 METHODS §1.2–1.5 (tag [X]), modelled on classic occlusion and on Hierarchical Perturbation
 (HiPe, Cooper et al. 2022), and every design choice is a parameter:
 
-1. ``y0 = s_c(x)`` (one forward pass, batched with level 0).
+1. ``y0 = s_c(x)`` (one forward pass; it also gives the prediction).
 2. Level ``l`` has ``g_l`` cells per side (``grids``, default ``4·2^l`` for ``levels = 3``: 4, 8,
    16 cells = 56, 28, 14 px at 224 px; levels with cells under ``min_cell`` px are dropped) and
    windows of ``window × window`` cells (default 2) at a stride of one cell, border windows
@@ -94,7 +94,7 @@ def fmo(
         inputs = evaluator.layout(inputs)
         filler = Fill(inputs, fill)
         merge = Merge(combine)
-        base = torch.empty(0, device=device)
+        base = evaluator.clean(inputs)
         for level, grid in enumerate(plan):
             if level == 0:
                 keep = torch.ones(batch, full[0], dtype=torch.bool, device=device)
@@ -103,18 +103,8 @@ def fmo(
             rows, wins = keep.nonzero(as_tuple=True)  # the one host sync of the level
             probed.append(keep.sum(dim=1))
             boxes = grid.boxes(device)[wins]
-            if level == 0:  # the clean inputs ride along as empty boxes
-                rows = torch.cat([torch.arange(batch, device=device), rows])
-                boxes = torch.cat([boxes.new_zeros(batch, 4), boxes])
             evaluator.planned = evaluator.done + rows.numel() + batch * sum(full[level + 1 :])
             scores = score_boxes(evaluator, inputs, filler, rows, boxes)
-            if level == 0:
-                base, scores, rows, boxes = (
-                    scores[:batch],
-                    scores[batch:],
-                    rows[batch:],
-                    boxes[batch:],
-                )
             drops = (base[rows] - scores).clamp(min=0)
             painted = paint_boxes(drops, boxes, rows, batch, size)
             count = paint_boxes(torch.ones_like(drops), boxes, rows, batch, size).round()
@@ -122,7 +112,9 @@ def fmo(
         heat = merge.result()
         if smoothing > 0:
             heat = gaussian_blur(heat[:, None], smoothing * plan[-1].cell_px)[:, 0]
-    return _explanation(heat, torch.stack(probed, dim=1).cpu(), plan, evaluator.used_precision)
+    explained = _explanation(heat, torch.stack(probed, dim=1).cpu(), plan, evaluator.used_precision)
+    explained.logits = evaluator.logits
+    return explained
 
 
 def _explanation(heat: Tensor, probed: Tensor, plan: list[Grid], precision: str) -> Explanation:

@@ -17,10 +17,13 @@ Predictions of Any Classifier", KDD 2016; reference code ``marcotcr/lime``, ``li
 
 Differences from lime: all ``K`` superpixels enter the regression (lime's defaults end up
 there too: ``num_features=100000`` selects every feature), samples are drawn with torch from
-``seed`` (per image, so a map does not depend on the other images of the call), and the
+``seed`` in blocks (per image, so a map does not depend on the other images of the call), the
 perturbed images are built on the model's device by a gather over the superpixel labels,
-filled to ``max_batch_size`` across images (lime composes them on the CPU, 10 per batch).
-Cost: ``num_samples`` forward passes per image + the CPU segmentation (~0.1–1 s at 224 px).
+filled to ``max_batch_size`` across images (lime composes them on the CPU, 10 per batch), and
+the regression is solved from running weighted moments accumulated chunk by chunk
+(:class:`RidgeMoments`), so memory is ``O(K²)`` per image whatever ``num_samples``.
+Cost: ``num_samples`` forward passes per image (sample 0 is the clean image: that pass gives
+the prediction) + the CPU segmentation (~0.1–1 s at 224 px) + a ``K × K`` solve.
 """
 
 from __future__ import annotations
@@ -39,15 +42,46 @@ from workers.explainers.perturbation.engine import Evaluator, blur_fill
 from workers.explainers.perturbation.superpixels import superpixels
 from workers.explainers.registry import register
 
+SAMPLE_BITS = 1 << 20
+"""On/off values drawn at a time: samples come in blocks of ``SAMPLE_BITS // K`` vectors."""
+
+
+class SampleSource:
+    """An image's on/off vectors ``z ∈ {0, 1}^K``, drawn a block at a time from ``seed``.
+
+    Block ``b`` comes from the generator seeded ``seed + b·2³¹``; sample 0 is all ones (the
+    clean image). A sample depends only on ``seed``, ``K`` and its index.
+    """
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count, self.seed = count, seed
+        self.per_block = max(1, SAMPLE_BITS // count)
+        self._block, self._values = -1, torch.empty(0, dtype=torch.bool)
+
+    def take(self, first: int, last: int) -> Tensor:
+        """``(last − first, K)`` bool samples ``first … last − 1`` (CPU)."""
+        parts = []
+        while first < last:
+            block = first // self.per_block
+            if block != self._block:
+                generator = torch.Generator().manual_seed(self.seed + block * 2**31)
+                shape = (self.per_block, self.count)
+                self._values = torch.randint(0, 2, shape, generator=generator) > 0
+                if block == 0:
+                    self._values[0] = True
+                self._block = block
+            stop = min(last, (block + 1) * self.per_block)
+            offset = block * self.per_block
+            parts.append(self._values[first - offset : stop - offset])
+            first = stop
+        return torch.cat(parts)
+
 
 def draw_samples(counts: list[int], num_samples: int, seed: int, width: int) -> Tensor:
-    """``(B, N, width)`` bool: per image, ``N`` uniform on/off vectors over its ``K_b``
-    superpixels (the first all on), padded with False; drawn on the CPU from ``seed``."""
+    """``(B, N, width)`` bool: each image's first ``N`` samples, padded with False."""
     out = torch.zeros(len(counts), num_samples, width, dtype=torch.bool)
     for row, count in enumerate(counts):
-        generator = torch.Generator().manual_seed(seed)
-        out[row, :, :count] = torch.randint(0, 2, (num_samples, count), generator=generator) > 0
-        out[row, 0, :count] = True
+        out[row, :, :count] = SampleSource(count, seed).take(0, num_samples)
     return out
 
 
@@ -69,34 +103,76 @@ def hidden_image(inputs: Tensor, labels: Tensor, width: int, fill: str) -> Tenso
     return means.gather(2, flat).view_as(inputs)
 
 
-def kernel_weights(samples: Tensor, counts: list[int], kernel_width: float) -> Tensor:
-    """``(B, N)`` lime's weights ``sqrt(exp(−d² / σ²))``, ``d`` = cosine distance to all-ones.
+def kernel_weights(samples: Tensor, counts: list[int] | Tensor, kernel_width: float) -> Tensor:
+    """lime's weights ``sqrt(exp(−d² / σ²))`` (``samples`` ``(..., N, K)``), ``d`` = cosine
+    distance to all-ones; ``counts`` = each image's ``K`` (one per leading index).
 
     For a binary ``z`` over ``K`` superpixels, ``cos(z, 1) = |z| / sqrt(|z| · K)``, so
     ``d = 1 − sqrt(|z| / K)`` (an empty ``z`` is at distance 1, as in scikit-learn).
     """
-    sizes = torch.tensor(counts, device=samples.device, dtype=torch.float64)[:, None]
-    distance = 1 - (samples.sum(dim=2) / sizes).sqrt()
+    sizes = torch.as_tensor(counts, device=samples.device, dtype=torch.float64)
+    sizes = sizes.view(*sizes.shape, *([1] * (samples.dim() - 1 - sizes.dim())))
+    distance = 1 - (samples.sum(dim=-1) / sizes).sqrt()
     return torch.exp(-(distance**2) / kernel_width**2).sqrt()
+
+
+class RidgeMoments:
+    """Running π-weighted moments of ``(z, y)`` per image: a weighted ridge fit that never
+    holds the samples (memory ``O(B·K²)``, whatever ``N``).
+
+    With ``W = Σπ``, ``z̄ = Σπz / W``, ``ȳ = Σπy / W``: the centred normal equations are
+    ``(Σπzzᵀ − W z̄z̄ᵀ + αI) β = Σπzy − W z̄ȳ``, all in float64.
+    """
+
+    def __init__(self, batch: int, width: int, device: torch.device) -> None:
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(*shape, dtype=torch.float64, device=device)
+
+        self.w, self.y, self.yy = zeros(batch), zeros(batch), zeros(batch)
+        self.z, self.zy, self.zz = (
+            zeros(batch, width),
+            zeros(batch, width),
+            zeros(batch, width, width),
+        )
+
+    def add(self, image: int, z: Tensor, y: Tensor, w: Tensor) -> None:
+        """Add one image's samples ``z`` ``(n, K)``, targets ``y`` and weights ``w`` ``(n,)``."""
+        z, y, w = z.double(), y.double(), w.double()
+        wz = w[:, None] * z
+        self.w[image] += w.sum()
+        self.y[image] += (w * y).sum()
+        self.yy[image] += (w * y * y).sum()
+        self.z[image] += wz.sum(dim=0)
+        self.zy[image] += wz.T @ y
+        self.zz[image] += z.T @ wz
+
+    def solve(self, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+        """``(coef (B, K), intercept (B,), r2 (B,))`` of the weighted ridge fit."""
+        w = self.w.clamp(min=1e-300)
+        z_mean, y_mean = self.z / w[:, None], self.y / w
+        gram = self.zz - w[:, None, None] * z_mean[:, :, None] * z_mean[:, None, :]
+        rhs = self.zy - w[:, None] * z_mean * y_mean[:, None]
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        coef = torch.linalg.solve(gram + alpha * eye, rhs[:, :, None])[:, :, 0]
+        intercept = y_mean - (z_mean * coef).sum(dim=1)
+        spread = self.yy - w * y_mean**2
+        fitted = (coef[:, None, :] @ gram @ coef[:, :, None])[:, 0, 0]
+        residual = spread - 2 * (coef * rhs).sum(dim=1) + fitted
+        r2 = torch.where(
+            spread > 0, 1 - residual / spread.clamp(min=1e-300), torch.ones_like(spread)
+        )
+        return coef, intercept, r2
 
 
 def weighted_ridge(
     z: Tensor, y: Tensor, weights: Tensor, alpha: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Batched weighted ridge with intercept: ``(coef (B, K), intercept (B,), r2 (B,))``."""
-    z, y, w = z.double(), y.double(), weights.double()
-    total = w.sum(dim=1, keepdim=True)
-    z_mean = (w[:, :, None] * z).sum(dim=1, keepdim=True) / total[:, :, None]
-    y_mean = (w * y).sum(dim=1, keepdim=True) / total
-    zc, yc = z - z_mean, y - y_mean
-    gram = zc.transpose(1, 2) @ (w[:, :, None] * zc)
-    gram = gram + alpha * torch.eye(z.shape[2], dtype=z.dtype, device=z.device)
-    coef = torch.linalg.solve(gram, (zc.transpose(1, 2) @ (w * yc)[:, :, None]))[:, :, 0]
-    intercept = y_mean[:, 0] - (z_mean[:, 0] * coef).sum(dim=1)
-    residual = (w * (yc - (zc @ coef[:, :, None])[:, :, 0]) ** 2).sum(dim=1)
-    spread = (w * yc**2).sum(dim=1)
-    r2 = torch.where(spread > 0, 1 - residual / spread.clamp(min=1e-300), torch.ones_like(spread))
-    return coef, intercept, r2
+    """Batched weighted ridge with intercept over whole arrays ``z`` ``(B, N, K)``:
+    ``(coef (B, K), intercept (B,), r2 (B,))`` (:class:`RidgeMoments` in one step)."""
+    moments = RidgeMoments(z.shape[0], z.shape[2], z.device)
+    for image in range(z.shape[0]):
+        moments.add(image, z[image], y[image], weights[image])
+    return moments.solve(alpha)
 
 
 @register("lime")
@@ -122,21 +198,33 @@ def lime(
     if num_samples < 2 or kernel_width <= 0 or alpha <= 0:
         raise ExplainerError("LIME needs num_samples ≥ 2, kernel_width > 0 and alpha > 0")
     labels, counts = superpixels(handle.to_display(inputs), segmentation, segments, seed)
-    width = max(counts)
-    samples = draw_samples(counts, num_samples, seed, width).to(inputs.device)
-    total = batch * num_samples
+    width, device = max(counts), inputs.device
+    sources = [SampleSource(count, seed) for count in counts]
+    moments = RidgeMoments(batch, width, device)
+    per_image = num_samples - 1  # sample 0 is the clean image: the clean pass scores it
     with torch.inference_mode():
-        evaluator = Evaluator(handle, targets, score, max_batch_size, precision, progress, total)
+        evaluator = Evaluator(
+            handle, targets, score, max_batch_size, precision, progress, batch * num_samples
+        )
         hidden = evaluator.layout(hidden_image(inputs, labels, width, fill))
         inputs = evaluator.layout(inputs)
-        flat_labels, flat_samples = labels.flatten(1), samples.view(total, width)
-        scores = torch.empty(total, device=inputs.device)
-        for chunk in evaluator.chunks(total):
-            rows = torch.arange(chunk.start, chunk.stop, device=inputs.device) // num_samples
-            shown = torch.gather(flat_samples[chunk], 1, flat_labels[rows]).view(-1, 1, *size)
-            scores[chunk] = evaluator.scores(torch.where(shown, inputs[rows], hidden[rows]), rows)
-        weights = kernel_weights(samples, counts, kernel_width)
-        coef, intercept, r2 = weighted_ridge(samples, scores.view(batch, -1), weights, alpha)
+        clean = evaluator.clean(inputs)
+        for image in range(batch):
+            ones = torch.ones(1, width, dtype=torch.bool, device=device)
+            ones[:, counts[image] :] = False
+            moments.add(image, ones, clean[image : image + 1], clean.new_ones(1))
+        flat_labels = labels.flatten(1)
+        for chunk in evaluator.chunks(batch * per_image):
+            rows, samples = _chunk_samples(chunk, per_image, sources, width, device)
+            shown = torch.gather(samples, 1, flat_labels[rows]).view(-1, 1, *size)
+            scores = evaluator.scores(torch.where(shown, inputs[rows], hidden[rows]), rows)
+            weights = kernel_weights(
+                samples, torch.tensor(counts, device=device)[rows], kernel_width
+            )
+            for image in rows.unique().tolist():
+                mine = rows == image
+                moments.add(image, samples[mine], scores[mine], weights[mine])
+        coef, intercept, r2 = moments.solve(alpha)
         heat = coef.gather(1, flat_labels).view(batch, *size).float()
     meta = [
         {
@@ -149,4 +237,20 @@ def lime(
         }
         for row in range(batch)
     ]
-    return Explanation(saliency=heat, meta=meta)
+    return Explanation(heat, meta, evaluator.logits)
+
+
+def _chunk_samples(
+    chunk: slice, per_image: int, sources: list[SampleSource], width: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Image of each item of ``chunk`` and its sample ``(n, width)`` (items image-major,
+    item ``i`` of an image is its sample ``i + 1``)."""
+    rows = torch.arange(chunk.start, chunk.stop) // per_image
+    parts = []
+    for image in rows.unique().tolist():
+        first = max(chunk.start, image * per_image) - image * per_image + 1
+        last = min(chunk.stop, (image + 1) * per_image) - image * per_image + 1
+        part = torch.zeros(last - first, width, dtype=torch.bool)
+        part[:, : sources[image].count] = sources[image].take(first, last)
+        parts.append(part)
+    return rows.to(device), torch.cat(parts).to(device)

@@ -15,9 +15,10 @@ value). Windows start at ``0, stride, 2·stride, …`` plus one flush with the f
 stride does not land there, so every pixel is covered (Captum leaves such a border strip out).
 Defaults: 32 px window, 8 px stride (625 windows at 224 px). ZF used a grey square.
 
-Cost: ``1 + #windows`` forward passes per image, no gradient. The clean forward rides in the
-same batches as the occluded copies, every pass is filled to ``max_batch_size`` across all
-images of the call, and maps are summed with a difference array (no full-size mask per window).
+Cost: ``1 + #windows`` forward passes per image, no gradient: the clean pass (which also gives
+the prediction), then the windows, every pass filled to ``max_batch_size`` across all images of
+the call (and, in the worker, with other jobs' rows); maps are summed with a difference array
+(no full-size mask per window).
 """
 
 from __future__ import annotations
@@ -74,26 +75,20 @@ def occlusion(
     device = inputs.device
     with torch.inference_mode():
         boxes = window_boxes(size, window, stride, device)
-        per_image = boxes.shape[0] + 1  # item 0 of each image: the clean input (empty box)
-        boxes = torch.cat([torch.zeros(1, 4, dtype=boxes.dtype, device=device), boxes])
+        per_image = boxes.shape[0]
         rows = torch.arange(batch, device=device).repeat_interleave(per_image)
         evaluator = Evaluator(
-            handle, targets, score, max_batch_size, precision, progress, batch * per_image
+            handle, targets, score, max_batch_size, precision, progress, batch * (1 + per_image)
         )
         inputs = evaluator.layout(inputs)
+        clean = evaluator.clean(inputs)
         scores = score_boxes(evaluator, inputs, Fill(inputs, fill), rows, boxes.repeat(batch, 1))
-        scores = scores.view(batch, per_image)
-        drops = scores[:, :1] - scores[:, 1:]
-        heat, _ = box_average(
-            drops.flatten(),
-            boxes[1:].repeat(batch, 1),
-            rows.view(batch, -1)[:, 1:].flatten(),
-            batch,
-            size,
-        )
+        drops = clean[:, None] - scores.view(batch, per_image)
+        heat, _ = box_average(drops.flatten(), boxes.repeat(batch, 1), rows, batch, size)
     return Explanation.uniform(
         heat,
-        forward_passes=per_image,
-        windows=per_image - 1,
+        evaluator.logits,
+        forward_passes=1 + per_image,
+        windows=per_image,
         precision=evaluator.used_precision,
     )

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_progress
-from workers.explainers.cam.common import cam_maps
+from workers.explainers.cam.common import cam_result
 from workers.explainers.postprocess import normalise, upsample
 from workers.explainers.propagation.lrp import lrp_relevance
 from workers.explainers.registry import register
@@ -74,7 +74,8 @@ def gradcam_lrp(
 ) -> Explanation:
     """Hybrid maps ``(B, H, W)``: denoised CAM times the LRP map, blurred."""
     size = (inputs.shape[-2], inputs.shape[-1])
-    name, cams = cam_maps(base, handle, inputs, targets, layer)
+    result = cam_result(base, handle, inputs, targets, layer)
+    name, cams, targets = result.layer, result.maps, result.targets
     progress(1, 2)
     cam = normalise(upsample(cams.float(), size))
     cam = torch.where(cam >= threshold, cam, torch.zeros_like(cam))
@@ -87,6 +88,7 @@ def gradcam_lrp(
     progress(2, 2)
     return Explanation.uniform(
         saliency,
+        result.logits,
         layer=name,
         base=base,
         composite=composite,

@@ -31,9 +31,10 @@ the object): these defaults 0.42, up-sampled Grad-CAM 0.38, the same keeping ``E
 code's raw sums 0.16; METHODS.md's ``ReLU(Σ_c e)`` blanks every map there (the channel sums of
 the pre-batch-norm ``features.1.0`` output are negative at every pixel).
 
-Cost: the base method, plus nothing when it ran exactly one forward pass of the batch (the
+Cost: the base method, plus nothing when it runs exactly one forward pass of the batch (the
 hooks record it: Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM), else one extra forward pass under
-``torch.inference_mode``; then a few resizes and products.
+``torch.inference_mode`` after it (a multi-pass base reports progress, where the worker runs
+other jobs' chunks, so no hook stays on the model across it); then a few resizes and products.
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_progress
-from workers.explainers.cam.common import cam_maps
+from workers.explainers.cam.base import CamResult
+from workers.explainers.cam.common import cam_result
 from workers.explainers.postprocess import normalise, upsample
 from workers.explainers.propagation.excitations import excitation_layers, recording
 from workers.explainers.registry import register
+
+SINGLE_PASS = ("gradcam", "gradcam_pp", "xgradcam", "layercam")
+"""Bases that run exactly one forward pass of the batch, with no progress call inside."""
 
 
 def shallower(excitations: list[Tensor], size: tuple[int, int]) -> list[Tensor]:
@@ -98,9 +103,14 @@ def gradual_extrapolation(
     """Refined maps ``(B, H, W)`` in [0, 1]."""
     batch, size = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
     layers = excitation_layers(handle.model)
-    with recording(handle.model, layers) as recorder:
-        name, maps = cam_maps(base, handle, inputs, targets, layer)
-    excitations, evaluated = recorder.clean(batch), recorder.samples / batch
+    if base in SINGLE_PASS:  # record the base's own pass (it yields to nobody meanwhile)
+        with recording(handle.model, layers) as recorder:
+            result = cam_result(base, handle, inputs, targets, layer)
+        excitations, evaluated = recorder.clean(batch), recorder.samples / batch
+    else:  # bases that report progress run other jobs meanwhile: no hooks across that
+        result = cam_result(base, handle, inputs, targets, layer, progress=progress)
+        excitations, evaluated = None, _mean_passes(result)
+    name, maps = result.layer, result.maps
     if excitations is None:
         with recording(handle.model, layers) as recorder, torch.inference_mode():
             handle.model(inputs)
@@ -113,8 +123,16 @@ def gradual_extrapolation(
     progress(1, 1)
     return Explanation.uniform(
         refined.float(),
+        result.logits,
         layer=name,
         base=base,
         excitations=len(excitations),
         forward_passes=int(evaluated) if float(evaluated).is_integer() else evaluated,
+        backward_passes=result.meta.get("backward_passes", 0),
     )
+
+
+def _mean_passes(result: CamResult) -> float:
+    """Forward passes per image of a base CAM (Score-CAM's differ between rows)."""
+    rows = [meta["forward_passes"] for meta in result.row_meta if "forward_passes" in meta]
+    return sum(rows) / len(rows) if rows else float(result.meta.get("forward_passes", 1))

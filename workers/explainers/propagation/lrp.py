@@ -45,6 +45,7 @@ from workers.explainers.base import (
     ModelHandle,
     ProgressFn,
     no_progress,
+    resolve_targets,
 )
 from workers.explainers.propagation.lrp_check import check_graph
 from workers.explainers.propagation.lrp_plan import Plan, plan_for
@@ -80,7 +81,8 @@ def lrp_relevance(
     composite: str = "epsilon_plus_flat",
     epsilon: float = 1e-6,
 ) -> tuple[Tensor, Tensor]:
-    """Input relevance ``(B, C, H, W)`` of each row's target, and the logits ``(B, K)``."""
+    """Input relevance ``(B, C, H, W)`` of each row's target (a top-1 request: of the class
+    the row's logits rank first) and the logits ``(B, K)``."""
     plan = plan_for(handle.model, composite, epsilon, handle.mean, handle.std)
     if plan.error is not None:
         raise ExplainerError(plan.error)
@@ -91,6 +93,7 @@ def lrp_relevance(
             logits = handle.model(x)
         if first:
             validate(plan, handle, inputs, x, logits)
+        targets = resolve_targets(targets, logits)
         if targets.min() < 0 or targets.max() >= logits.shape[1]:
             raise ExplainerError(f"target outside the model's {logits.shape[1]} classes")
         seed = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
@@ -115,6 +118,7 @@ def lrp(
 ) -> Explanation:
     """LRP maps ``(B, H, W)``: input relevance summed over channels."""
     relevance, logits = lrp_relevance(handle, inputs, targets, composite=composite, epsilon=epsilon)
+    targets = resolve_targets(targets, logits)
     saliency = relevance.sum(dim=1).float()
     totals = saliency.flatten(1).sum(dim=1).tolist()
     scores = logits.gather(1, targets.view(-1, 1))[:, 0].tolist()
@@ -129,4 +133,4 @@ def lrp(
         }
         for total, score in zip(totals, scores, strict=True)
     ]
-    return Explanation(saliency=saliency, meta=meta)
+    return Explanation(saliency, meta, logits.float())
