@@ -67,6 +67,13 @@ PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
         "A field is missing or invalid: unknown model, method, layer or class, a parameter "
         "out of range, an unknown parameter, or a malformed value.",
     ),
+    "job-too-costly": (
+        422,
+        "Job too costly",
+        "The job's estimated cost (`cost`: passes and seconds of worker compute, GET "
+        "/v1/methods) exceeds the cap (`max_cost`); ask for fewer samples, masks, windows or "
+        "iterations.",
+    ),
     "queue-full": (
         503,
         "Queue full",

@@ -36,13 +36,14 @@ local depth = redis.call('XLEN', KEYS[1])
 if depth >= tonumber(ARGV[1]) then return {0, depth} end
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[3], '0', 'MKSTREAM')
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 6))
-local id = redis.call('XADD', KEYS[1], '*', 'envelope', ARGV[4])
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+local id = redis.call('XADD', KEYS[1], '*', 'envelope', ARGV[4], 'cost', ARGV[6])
 redis.call('HSET', KEYS[2], 'stream_id', id)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {1, id}
 """
-"""KEYS: stream, job, image. ARGV: max depth, ttl, group, envelope, image, field/value pairs."""
+"""KEYS: stream, job, image. ARGV: max depth, ttl, group, envelope, image, cost seconds,
+field/value pairs."""
 
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -200,13 +201,35 @@ class JobQueue:
             RecordField.width: str(job.width),
             RecordField.height: str(job.height),
         }
+        if env.cost is not None:
+            record[RecordField.cost] = env.cost.model_dump_json()
         pairs = [item for kv in record.items() for item in kv]
         keys = [self.keys.stream(env.lane), self.keys.job(env.job_id), self.keys.image(env.job_id)]
-        args = [self.max_queue_depth, self.job_ttl_s, GROUP, env.model_dump_json(), job.image_png]
+        seconds = repr(env.cost.seconds if env.cost is not None else 0.0)
+        args = [
+            self.max_queue_depth,
+            self.job_ttl_s,
+            GROUP,
+            env.model_dump_json(),
+            job.image_png,
+            seconds,
+        ]
         accepted, value = await self._enqueue(keys=keys, args=[*args, *pairs])
         if not accepted:
             return Enqueued(accepted=False, depth=int(value))
         return Enqueued(accepted=True, stream_id=_text(value))
+
+    async def backlog(self, lane: str) -> tuple[float, int]:
+        """Estimated seconds of work in ``lane`` (queued and running entries) and their count."""
+        entries = await self.redis.xrange(self.keys.stream(lane), count=self.max_queue_depth * 2)
+        total = 0.0
+        for _, fields in entries:
+            raw = fields.get(b"cost", fields.get("cost"))
+            try:
+                total += max(0.0, float(_text(raw))) if raw is not None else 0.0
+            except ValueError:
+                continue
+        return total, len(entries)
 
     async def read(self, job_id: str, *, heatmap: bool = True) -> JobState | None:
         """The job's record, result and (optionally) heatmap, in one round trip."""
@@ -269,12 +292,19 @@ class JobQueue:
         return workers
 
     async def served_models(self, *, fresh: bool = False) -> dict[str, ServedModel]:
-        """Models of the live workers by name (the most recent announcement's info wins)."""
+        """Models of the live workers by name (the most recent announcement's info wins; the
+        pass timings are the slowest worker's, so a cost estimate holds on any of them)."""
         workers = sorted(await self.live_workers(fresh=fresh), key=lambda w: w.started_at)
         served: dict[str, ServedModel] = {}
         for worker in workers:
             for info in worker.models:
                 old = served.get(info.name)
+                if old is not None:
+                    slowest = {
+                        "forward_ms": max(old.info.forward_ms, info.forward_ms),
+                        "gradient_ms": max(old.info.gradient_ms, info.gradient_ms),
+                    }
+                    info = info.model_copy(update=slowest)
                 served[info.name] = ServedModel(
                     info=info,
                     lanes=frozenset(worker.lanes) | (old.lanes if old else frozenset()),

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from app.contract.jobs import JobStatus
+from app.contract.jobs import JobCost, JobStatus
 
 Style = Literal["overlay", "heatmap", "gray"]
 
@@ -169,6 +169,11 @@ class Job(BaseModel):
     evaluation: dict[str, float] | None = Field(
         None, description="Requested quality metrics (`evaluate`), by name."
     )
+    cost: JobCost | None = Field(
+        None,
+        description="The estimate admission used: forward and backward passes (the prediction "
+        "and requested metrics included) and seconds of worker compute (GET /v1/methods).",
+    )
     error: ProblemDetail | None = Field(None, description="Why it failed (status `failed`).")
     links: JobLinks = Field(description="URLs of this job, its PNG and its event stream.")
 
@@ -206,6 +211,7 @@ class MethodOut(BaseModel):
     paper: str = Field(description="Where it was published.")
     params_schema: dict[str, Any] = Field(description="JSON schema of its `params`.")
     defaults: dict[str, Any] = Field(description="Default value of every parameter.")
+    cost: str = Field(description="Passes one image costs, from the parameters.")
 
 
 class MethodCatalog(BaseModel):
@@ -213,6 +219,7 @@ class MethodCatalog(BaseModel):
 
     methods: list[MethodOut] = Field(description="Every method, by family and name.")
     evaluations: dict[str, str] = Field(description="Metric name -> what it measures.")
+    cost_model: str = Field(description="How a job's cost is estimated and capped.")
 
 
 class Health(BaseModel):

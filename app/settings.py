@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(
         500, description="Jobs waiting in one lane beyond which new jobs get 503 + Retry-After."
     )
+    max_job_cost: float = Field(
+        300.0,
+        description="Largest estimated compute seconds of one job (cost model: passes x the "
+        "worker's measured per-image pass times); costlier jobs get 422 before queueing.",
+    )
     api_key: str | None = Field(
         None, description="If set, every /v1 request must send it as `X-API-Key` (or Bearer)."
     )
@@ -65,7 +70,19 @@ class Settings(BaseSettings):
     lanes: str = Field("fast,slow", description="Cost lanes a worker serves, comma-separated.")
     claim_count: int = Field(16, description="Jobs a worker claims at once (XREADGROUP COUNT).")
     max_batch_size: int = Field(
-        64, description="Default forward-pass batch size of perturbation methods on this worker."
+        64,
+        description="Rows per forward pass on this worker: the batcher packs the rows of "
+        "every job into passes of at most this size, and no job's chunk is larger.",
+    )
+    drain_s: float = Field(
+        10.0,
+        description="On SIGTERM, jobs whose estimated remaining work fits in this many "
+        "seconds finish; the others are handed back to the queue at their next chunk.",
+    )
+    scheduler_ageing: float = Field(
+        1.0,
+        description="Seconds of priority a waiting task gains per second waited (the "
+        "scheduler runs the least remaining estimated work first; ageing prevents starvation).",
     )
     torch_threads: int = Field(
         0, description="torch.set_num_threads on a worker (0: torch's default)."

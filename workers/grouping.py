@@ -57,6 +57,8 @@ class Job:
     """``time.monotonic()`` at admission."""
     image: bytes | None = field(default=None, repr=False)
     """The upload, fetched at admission (None: expired)."""
+    cost_s: float = 0.0
+    """Estimated seconds on this worker (the cost model)."""
 
     @property
     def job_id(self) -> str:
@@ -85,19 +87,9 @@ def lane_rank(lane: str) -> int:
 
 
 def group_jobs(jobs: Iterable[Job]) -> list[list[Job]]:
-    """Compatible jobs together, fast lane first, otherwise in claim order."""
+    """Compatible jobs together, fast lane first, otherwise in claim order (the scheduler
+    decides the order in which they run)."""
     groups: dict[GroupKey, list[Job]] = {}
     for job in jobs:
         groups.setdefault(job.key, []).append(job)
     return sorted(groups.values(), key=lambda group: lane_rank(group[0].lane))
-
-
-def isolate_retries(group: list[Job]) -> list[list[Job]]:
-    """Split an admitted group: first deliveries together, each re-delivered job alone.
-
-    A job delivered before (``attempt > 1``) may be the one that killed a worker; running it
-    alone keeps it from taking innocent jobs down with it again.
-    """
-    fresh = [job for job in group if job.attempt <= 1]
-    retried = [[job] for job in group if job.attempt > 1]
-    return ([fresh] if fresh else []) + retried

@@ -1,13 +1,28 @@
-"""The claim loop: claim -> prepare -> group -> admit -> run -> complete, fast lane first.
+"""The worker's main loop: claim -> admit -> schedule -> write, every claimed job interleaved.
 
-A cheap job never waits behind an expensive one: the fast lane is read first at every claim,
-and while a slow-lane group runs, its progress callback (at most every ``preempt_interval_s``)
-claims waiting fast-lane jobs without blocking and runs them right there, with gradients
-enabled (single-threaded cooperative preemption; explainers hold no hooks during progress calls).
+* Claim: while it has room (at most ``claim_count`` active jobs per lane), the worker takes new
+  entries of every lane it serves, without blocking while it has work (every
+  ``claim_interval_s``) and blocking on all lanes at once when idle; entries of a silent worker
+  are taken over with ``XAUTOCLAIM`` every ``recover_interval_s``.
+* Admit: claimed jobs are admitted at once (attempt counted, record ``running``) and become
+  :class:`~workers.scheduler.Task` s: one per group of compatible jobs for methods of gradient
+  passes (one batched call), one per job for methods of gradient-free passes (their passes are
+  packed with every other job's by the batcher). A job taken over from a silent worker is a
+  suspect: the worker claims nothing new until it has run its suspects one at a time, alone,
+  admitting each only when it starts, so a job that kills workers uses up only its own
+  attempts.
+* Schedule: :class:`~workers.scheduler.Scheduler` runs the tasks' chunks, most urgent first
+  (shortest remaining estimated work, with ageing), so a job's latency depends on its own cost.
+* Every ``progress_interval_s`` one round trip publishes the tasks' progress and reads their
+  jobs' statuses: a task whose jobs were all cancelled is interrupted at its next chunk
+  boundary and its pending rows dropped at once.
+* Write: a finished task's outcomes are written in one round trip (Lua, atomic per job).
 
-Claimed jobs are admitted (attempt counted, record set ``running``) when their group starts, so a
-job waiting behind a group in this worker still reads ``queued`` and can be cancelled for free.
-On stop, jobs claimed but not started are handed back to their stream.
+Stop (first SIGTERM): nothing new is claimed; a task whose remaining estimated work fits in
+``drain_s`` finishes, the others are interrupted at their next chunk boundary and their jobs
+handed back to the stream (queued again, the attempt not counted) for another worker.
+Redis trouble does not stop the computing: claims and polls pause for a second, and results
+that could not be written are kept and written when Redis answers again.
 """
 
 from __future__ import annotations
@@ -17,26 +32,36 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import redis
-import torch
 from pydantic import ValidationError
 
+from app.contract.cost import job_cost
 from app.contract.jobs import SCHEMA_VERSION, JobEnvelope
-from app.contract.methods import method_specs
+from app.contract.methods import method_specs, parse_params
 from app.contract.metrics import EVALUATIONS
-from workers.explainers import Cancelled, explainer_names
-from workers.grouping import Job, effective_params, group_jobs, isolate_retries
+from workers.batcher import is_out_of_memory
+from workers.explainers import Cancelled, ModelHandle, explainer_names
+from workers.grouping import Job, effective_params, group_jobs
 from workers.handler import GroupContext, Outcome, Problem, internal, invalid, run_group
 from workers.queue import Entry, Finished, WorkerQueue
 from workers.runtime import Runtime
+from workers.scheduler import Scheduler, Task
 
 log = logging.getLogger("workers.loop")
 
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+class HandBack(Cancelled):
+    """Interrupts a task at shutdown: its jobs go back to the stream for another worker."""
+
 
 class Worker:
-    """One worker's claim loop over a :class:`WorkerQueue` with the models of a :class:`Runtime`."""
+    """One worker's loop over a :class:`WorkerQueue` with the models of a :class:`Runtime`."""
 
     def __init__(
         self,
@@ -46,8 +71,10 @@ class Worker:
         *,
         block_ms: int = 1000,
         recover_interval_s: float = 2.0,
-        preempt_interval_s: float = 0.05,
+        claim_interval_s: float = 0.05,
         progress_interval_s: float = 0.2,
+        drain_s: float = 10.0,
+        ageing: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runtime = runtime
@@ -55,83 +82,139 @@ class Worker:
         self.stop = stop
         self.block_ms = block_ms
         self.recover_interval_s = recover_interval_s
-        self.preempt_interval_s = preempt_interval_s
+        self.claim_interval_s = claim_interval_s
         self.progress_interval_s = progress_interval_s
+        self.drain_s = drain_s
         self.clock = clock
+        self.scheduler = Scheduler(runtime.max_batch_size, ageing=ageing, clock=clock)
+        self.handles: dict[str, ModelHandle] = {
+            name: replace(handle, evaluator=partial(self.scheduler.evaluate, handle.model))
+            for name, handle in runtime.models.items()
+        }
         self.jobs_done = 0
-        self.groups_run = 0
+        self.tasks_done = 0
         self._last_recover: dict[str, float] = {}
-        self._last_preempt = clock()
+        self._last_claim = self._last_poll = float("-inf")
+        self._redis_back_at = float("-inf")
+        self._stopping_since: float | None = None
+        self._unwritten: list[Outcome] = []
+        self._suspects: list[Job] = []
+        """Jobs taken over from a silent worker: admitted and run one at a time, alone."""
+        self._counted = {"passes": 0, "rows": 0, "shared_passes": 0}
         self._explainers = set(explainer_names())
         self._specs = method_specs()
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def run(self, max_groups: int | None = None) -> int:
-        """Serve until ``stop`` is set (or ``max_groups`` more groups ran); returns groups run.
-
-        Redis outages and unexpected errors do not end the loop: it waits a second and goes
-        on. Entries it held at that moment are no longer refreshed, so they are taken over
-        after the visibility timeout (by this worker or another) like a crashed worker's.
-        """
-        first = self.groups_run
-        if max_groups is not None:
-            max_groups += first
-        groups_ready = False
-        while not self._done(max_groups):
+    def run(self, max_tasks: int | None = None, *, until_idle: bool = False) -> int:
+        """Serve until ``stop`` is set (then drain), or until ``max_tasks`` more tasks finished,
+        or (``until_idle``) until nothing is running or waiting; returns the tasks finished."""
+        first = self.tasks_done
+        self._ensure_groups()
+        while True:
+            quota = max_tasks is not None and self.tasks_done - first >= max_tasks
+            if self.stop.is_set() and self._stopping_since is None:
+                self._stopping_since = self.clock()
             try:
-                if not groups_ready:
-                    self.queue.ensure_groups(self.runtime.lanes)
-                    groups_ready = True
-                entries = self._next_entries()
-                if entries:
-                    self._run_jobs(self._prepare(entries), nested=False, max_groups=max_groups)
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                log.error("event=redis_unavailable error=%r", error)
-                self._abandon()
+                idle = self._cycle(claim=not (self.stop.is_set() or quota), block=not until_idle)
             except Exception:
                 log.exception("event=loop_error")
-                self._abandon()
-        return self.groups_run - first
+                self.stop.wait(1.0)
+                continue
+            finished = self.stop.is_set() or quota or (until_idle and idle)
+            if finished and not (self.scheduler.busy or self._unwritten or self._suspects):
+                break
+        return self.tasks_done - first
 
-    def _abandon(self) -> None:
-        """Stop refreshing what this worker holds, and pause before going on."""
-        self.queue.forget_in_flight()
-        self.stop.wait(1.0)
+    def _ensure_groups(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.ensure_groups(self.runtime.lanes)
+                return
+            except REDIS_ERRORS as error:
+                log.error("event=redis_unavailable during=start error=%r", error)
+                self.stop.wait(1.0)
 
-    def _done(self, max_groups: int | None) -> bool:
-        return self.stop.is_set() or (max_groups is not None and self.groups_run >= max_groups)
+    def _cycle(self, *, claim: bool, block: bool) -> bool:
+        """One round: write what is pending, claim, poll, run one step. True when idle."""
+        if self._unwritten and self._redis_ready():
+            pending, self._unwritten = self._unwritten, []
+            self._write(pending)
+        idle = True
+        if not claim:
+            self._drain()
+        elif self._suspects:
+            idle = not self._run_suspect()
+        else:
+            idle = not self._claim_if_due(block)
+        self._poll_if_due()
+        if self.scheduler.busy:
+            for task in self.scheduler.step():
+                self._finish(task)
+            return False
+        return idle
 
-    def _next_entries(self) -> list[Entry]:
-        """Recovered entries when due, else new ones: fast lane first, then block on all."""
-        entries = [e for lane in self.runtime.lanes for e in self._recover_if_due(lane)]
+    def _redis_ready(self) -> bool:
+        return self.clock() >= self._redis_back_at
+
+    def _redis_failed(self, during: str, error: Exception) -> None:
+        log.error("event=redis_unavailable during=%s error=%r", during, error)
+        self._redis_back_at = self.clock() + 1.0
+        if not self.scheduler.busy:
+            self.stop.wait(1.0)
+
+    # --- claiming -------------------------------------------------------------------------------
+
+    def _room(self) -> dict[str, int]:
+        """Jobs each lane may still claim (``claim_count`` active jobs per lane at most)."""
+        active: dict[str, int] = {}
+        for task in self.scheduler.tasks:
+            for job in task.context["jobs"]:
+                active[job.lane] = active.get(job.lane, 0) + 1
+        return {lane: self.queue.claim_count - active.get(lane, 0) for lane in self.runtime.lanes}
+
+    def _claim_if_due(self, block: bool) -> bool:
+        """Claim new work when due; True if something was started."""
+        now = self.clock()
+        busy = self.scheduler.busy
+        if (busy and now - self._last_claim < self.claim_interval_s) or not self._redis_ready():
+            return False
+        self._last_claim = now
+        room = {lane: n for lane, n in self._room().items() if n > 0}
+        if not room:
+            return False
+        try:
+            entries = self._next_entries(room, block and not busy)
+        except REDIS_ERRORS as error:
+            self._redis_failed("claim", error)
+            return False
+        if not entries:
+            return False
+        try:
+            self._start(self._prepare(entries))
+        except REDIS_ERRORS as error:  # admitted or not, the entries are taken over later
+            self.queue.forget(entries)
+            self._redis_failed("admit", error)
+        return True
+
+    def _next_entries(self, room: dict[str, int], block: bool) -> list[Entry]:
+        """Recovered entries when due, else new ones: each lane up to its room."""
+        entries: list[Entry] = []
+        now = self.clock()
+        for lane, count in room.items():
+            if now - self._last_recover.get(lane, float("-inf")) >= self.recover_interval_s:
+                self._last_recover[lane] = now
+                recovered = self.queue.recover(lane, count)
+                if recovered:
+                    log.info("event=recovered lane=%s entries=%d", lane, len(recovered))
+                entries += recovered
         if entries:
             return entries
-        for lane in self.runtime.lanes:
-            entries = self.queue.claim([lane], None)
-            if entries:
-                return entries
-        return self.queue.claim(list(self.runtime.lanes), self.block_ms)
-
-    def _recover_if_due(self, lane: str) -> list[Entry]:
-        now = self.clock()
-        if now - self._last_recover.get(lane, float("-inf")) < self.recover_interval_s:
-            return []
-        self._last_recover[lane] = now
-        entries = self.queue.recover(lane)
-        if entries:
-            log.info("event=recovered lane=%s entries=%d", lane, len(entries))
-        return entries
-
-    def _run_jobs(self, jobs: list[Job], *, nested: bool, max_groups: int | None = None) -> None:
-        groups = group_jobs(jobs)
-        for index, group in enumerate(groups):
-            if self._done(None if nested else max_groups):
-                self._release([job for rest in groups[index:] for job in rest])
-                return
-            if not nested and group[0].lane != "fast":
-                self._preempt(force=True)
-            self._admit_and_run(group, nested=nested)
+        for lane, count in room.items():
+            entries += self.queue.claim([lane], None, count)
+        if entries or not block:
+            return entries
+        return self.queue.claim(list(room), self.block_ms, min(room.values()))
 
     # --- preparing and admitting -------------------------------------------------------------
 
@@ -147,17 +230,17 @@ class Worker:
             except ValueError as error:
                 self._finish_unstarted(entry, envelope, invalid(str(error)))
                 continue
-            jobs.append(
-                Job(
-                    envelope,
-                    entry.lane,
-                    entry.entry_id,
-                    entry.envelope or "",
-                    params,
-                    deliveries=entry.deliveries,
-                )
-            )
+            job = Job(envelope, entry.lane, entry.entry_id, entry.envelope or "", params)
+            job.deliveries = entry.deliveries
+            job.cost_s = self._cost_s(envelope, params)
+            jobs.append(job)
         return jobs
+
+    def _cost_s(self, envelope: JobEnvelope, params: dict[str, Any]) -> float:
+        """The job's estimated seconds on this worker (its own measured timings)."""
+        info = self.runtime.infos[envelope.model]
+        passes = parse_params(envelope.method, params).passes(info)
+        return job_cost(passes, info, envelope.evaluate).seconds
 
     def _parse(self, entry: Entry) -> JobEnvelope | None:
         """The envelope, or None after dead-lettering an unreadable or unknown-version one."""
@@ -203,25 +286,55 @@ class Worker:
             where = ".".join(str(part) for part in first["loc"]) or "params"
             raise ValueError(f"invalid parameter {where}: {first['msg']}") from None
 
-    def _admit_and_run(self, group: list[Job], *, nested: bool) -> None:
-        """Admit and run a group; jobs taken over from a silent worker are admitted and run
-        one at a time, so a job that kills workers uses up only its own attempts."""
-        fresh = [job for job in group if job.deliveries <= 1]
-        batches = ([fresh] if fresh else []) + [[job] for job in group if job.deliveries > 1]
-        for index, batch in enumerate(batches):
-            if index and self.stop.is_set():
-                self._release([job for rest in batches[index:] for job in rest])
-                return
-            admitted = self._admit(batch)
-            for sub_group in isolate_retries(admitted):
-                self._execute(sub_group, nested=nested)
-                self.groups_run += 1
+    def _start(self, jobs: list[Job]) -> None:
+        """Admit ``jobs`` and hand them to the scheduler as tasks."""
+        if not jobs:
+            return
+        self._suspects.extend(job for job in jobs if job.deliveries > 1)
+        admitted = self._admit([job for job in jobs if job.deliveries <= 1])
+        fresh = [job for job in admitted if job.attempt <= 1]
+        retried = [job for job in admitted if job.attempt > 1]
+        for group in group_jobs(fresh):
+            if self._specs[group[0].method].grouped:
+                self._submit(group, private=False)
+            else:
+                for job in group:
+                    self._submit([job], private=False)
+        for job in retried:  # released at a shutdown after an attempt was counted elsewhere
+            self._submit([job], private=True)
 
-    def _admit(self, group: list[Job]) -> list[Job]:
+    def _run_suspect(self) -> bool:
+        """Once nothing else runs, admit the next job taken over from a silent worker and run
+        it alone: if it kills this worker too, it takes no innocent job with it."""
+        if self.scheduler.busy or not self._redis_ready():
+            return False
+        job = self._suspects.pop(0)
+        try:
+            admitted = self._admit([job])
+        except REDIS_ERRORS as error:
+            self._suspects.insert(0, job)
+            self._redis_failed("admit", error)
+            return False
+        for suspect in admitted:
+            self._submit([suspect], private=True)
+        return bool(admitted)
+
+    def _submit(self, group: list[Job], *, private: bool) -> None:
+        task = Task(
+            name=f"{group[0].method}:{group[0].job_id[:8]}",
+            body=lambda: None,
+            cost_s=sum(job.cost_s for job in group),
+            private=private,
+            context={"jobs": group},
+        )
+        task.body = partial(self._run_group, task, group)
+        self.scheduler.submit(task)
+
+    def _admit(self, jobs: list[Job]) -> list[Job]:
         """The jobs whose records now say ``running``; the others end here."""
-        admissions = self.queue.admit([job.job_id for job in group])
+        admissions = self.queue.admit([job.job_id for job in jobs])
         admitted: list[Job] = []
-        for job, admission in zip(group, admissions, strict=True):
+        for job, admission in zip(jobs, admissions, strict=True):
             if admission.outcome == "running":
                 job.attempt, job.started = admission.attempts, self.clock()
                 job.image = admission.image
@@ -254,49 +367,122 @@ class Worker:
             problem.detail,
         )
 
-    def _release(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            self.queue.release(job.lane, job.entry_id, job.raw, job.job_id)
-        if jobs:
-            log.info("event=released jobs=%d", len(jobs))
+    # --- running (in the task's thread) ---------------------------------------------------------
 
-    # --- running a group -----------------------------------------------------------------------
-
-    def _execute(self, group: list[Job], *, nested: bool) -> None:
-        """Run one admitted group and write every job's outcome."""
-        handle = self.runtime.models[group[0].model]
-        info = self.runtime.infos[group[0].model]
-        reporter = Progress(self, group, may_preempt=not nested and group[0].lane != "fast")
+    def _run_group(self, task: Task, group: list[Job]) -> list[Outcome]:
+        """The task's body: one explainer call over ``group``."""
+        model = group[0].model
         ctx = GroupContext(
-            handle,
-            info.num_classes,
+            self.handles[model],
+            self.runtime.infos[model].num_classes,
             self.runtime.max_batch_size,
             self.runtime.worker_id,
-            reporter,
+            partial(self._report, task),
         )
-        try:
-            outcomes = run_group(ctx, group, [job.image for job in group])
-        except Cancelled:
-            for job in group:
-                self.queue.ack(job.lane, job.entry_id)
-                self._log("job_cancelled", job)
-            self.queue.record_jobs([(job.method, "cancelled", self._elapsed(job)) for job in group])
+        return run_group(ctx, group, [job.image for job in group])
+
+    def _report(self, task: Task, done: int, total: int) -> None:
+        """A task's progress callback: a chunk boundary, where other tasks get their turn."""
+        task.context["progress"] = (done, total)
+        self.scheduler.pause(done / total if total > 0 else None)
+
+    # --- polling --------------------------------------------------------------------------------
+
+    def _poll_if_due(self) -> None:
+        """Publish progress, read statuses, interrupt tasks whose jobs were all cancelled."""
+        now = self.clock()
+        if now - self._last_poll < self.progress_interval_s or not self._redis_ready():
             return
-        except torch.OutOfMemoryError:
-            if len(group) > 1:  # e.g. the prediction forward: halve the group
-                half = len(group) // 2
-                self._execute(group[:half], nested=nested)
-                self._execute(group[half:], nested=nested)
+        self._last_poll = now
+        updates: dict[str, tuple[int, int] | None] = {}
+        for task in self.scheduler.tasks:
+            progress = task.context.get("progress")
+            publish = progress if progress != task.context.get("published") else None
+            if publish is not None and publish[1] > 0 and publish[0] >= publish[1]:
+                publish = None  # the result write publishes the final event
+            for job in task.context["jobs"]:
+                updates[job.job_id] = publish
+        try:
+            statuses = self.queue.poll(updates)
+            self._record_forwards()
+        except REDIS_ERRORS as error:
+            self._redis_failed("poll", error)
+            return
+        for task in self.scheduler.tasks:
+            task.context["published"] = task.context.get("progress")
+            jobs = task.context["jobs"]
+            if task.interrupt is None and all(statuses.get(j.job_id) != "running" for j in jobs):
+                ids = ", ".join(job.job_id for job in jobs)
+                self.scheduler.interrupt(task, Cancelled(f"jobs {ids} were cancelled"))
+
+    def _record_forwards(self) -> None:
+        """Add the batchers' counters since the last call to the metrics hash."""
+        totals = self.scheduler.stats()
+        delta = {key: totals[key] - self._counted[key] for key in totals}
+        if any(delta.values()):
+            self.queue.record_forwards(delta["passes"], delta["rows"], delta["shared_passes"])
+            self._counted = totals
+
+    # --- stopping -------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """While stopping: hand back every task that would not finish within ``drain_s``,
+        and every job taken over but not started yet."""
+        if self._stopping_since is None:
+            return
+        while self._suspects and self._redis_ready():
+            job = self._suspects[0]
+            try:
+                self.queue.release(job.lane, job.entry_id, job.raw, job.job_id, job.cost_s)
+            except REDIS_ERRORS as error:
+                self._redis_failed("release", error)
+                break
+            self._suspects.pop(0)
+        elapsed = self.clock() - self._stopping_since
+        for task in self.scheduler.tasks:
+            if task.interrupt is None and elapsed + task.remaining_s() > self.drain_s:
+                self.scheduler.interrupt(task, HandBack("the worker is stopping"))
+
+    # --- finishing --------------------------------------------------------------------------------
+
+    def _finish(self, task: Task) -> None:
+        """Write what became of a finished task's jobs."""
+        self.tasks_done += 1
+        group: list[Job] = task.context["jobs"]
+        error = task.error
+        try:
+            if isinstance(error, HandBack):
+                for job in group:
+                    self.queue.release(job.lane, job.entry_id, job.raw, job.job_id, job.cost_s)
+                    self._log("job_handed_back", job)
                 return
-            outcomes = [Outcome(group[0], problem=internal("out of device memory"))]
-        except Exception as error:  # a bug outside the explainer: fail the group, keep serving
-            log.exception("event=group_crash method=%s size=%d", group[0].method, len(group))
-            detail = f"{type(error).__name__}: {error}"
-            outcomes = [Outcome(job, problem=internal(detail)) for job in group]
+            if isinstance(error, Cancelled):
+                for job in group:
+                    self.queue.ack(job.lane, job.entry_id)
+                    self._log("job_cancelled", job)
+                self.queue.record_jobs([(j.method, "cancelled", self._elapsed(j)) for j in group])
+                return
+        except REDIS_ERRORS as redis_error:  # the entries are taken over after the timeout
+            self.queue.forget(Entry(j.lane, j.entry_id, j.raw) for j in group)
+            self._redis_failed("finish", redis_error)
+            return
+        if error is not None:  # a bug outside the explainer: fail the group, keep serving
+            if is_out_of_memory(error):
+                detail = "out of memory while preparing the group"
+            else:
+                log.error("event=task_crash task=%s", task.name, exc_info=error)
+                detail = f"{type(error).__name__}: {error}"
+            self._write([Outcome(job, problem=internal(detail)) for job in group])
+            return
+        outcomes: list[Outcome] = task.result
+        for outcome in outcomes:
+            if outcome.result is not None:
+                outcome.result.meta.setdefault("forward_batches", task.passes)
+                outcome.result.meta.setdefault("shared_forward_batches", task.shared_passes)
         self._write(outcomes)
 
     def _write(self, outcomes: list[Outcome]) -> None:
-        """All outcomes of a group in one round trip, then its metrics and log lines."""
+        """All outcomes of a task in one round trip, then its metrics and log lines."""
         finished = [
             Finished(
                 o.job.lane,
@@ -314,7 +500,12 @@ class Worker:
             )
             for o in outcomes
         ]
-        written = self.queue.finish(finished)
+        try:
+            written = self.queue.finish(finished)
+        except REDIS_ERRORS as error:
+            self._unwritten.extend(outcomes)
+            self._redis_failed("write", error)
+            return
         counted: list[tuple[str, str, float]] = []
         for outcome, was_written in zip(outcomes, written, strict=True):
             job = outcome.job
@@ -326,7 +517,10 @@ class Worker:
             self.jobs_done += 1
             extra = {"detail": repr(outcome.problem.detail)} if outcome.problem else {}
             self._log(f"job_{status}", job, group_size=len(outcomes), **extra)
-        self.queue.record_jobs(counted, batch_size=len(outcomes))
+        try:
+            self.queue.record_jobs(counted, batch_size=len(outcomes))
+        except REDIS_ERRORS as error:
+            self._redis_failed("metrics", error)
 
     def _elapsed(self, job: Job) -> float:
         return max(0.0, self.clock() - job.started) if job.started else 0.0
@@ -344,55 +538,6 @@ class Worker:
             self._elapsed(job) * 1000,
             extra,
         )
-
-    # --- cooperative preemption ----------------------------------------------------------------
-
-    def _preempt(self, *, force: bool = False) -> None:
-        """Run waiting fast-lane jobs now (called between chunks of a slow group)."""
-        if "fast" not in self.runtime.lanes or self.stop.is_set():
-            return
-        now = self.clock()
-        if not force and now - self._last_preempt < self.preempt_interval_s:
-            return
-        self._last_preempt = now
-        entries: list[Entry] = []
-        try:
-            entries = self._recover_if_due("fast") or self.queue.claim(["fast"], None)
-            if entries:
-                with torch.inference_mode(False), torch.enable_grad():
-                    self._run_jobs(self._prepare(entries), nested=True)
-        except Exception as error:  # never let a cheap job break the expensive group around it
-            log.error("event=preempt_failed error=%r", error, exc_info=True)
-            self.queue.forget(entries)  # taken over after the visibility timeout
-
-
-class Progress:
-    """The progress callback of one group: publishes, checks cancellation, preempts."""
-
-    def __init__(self, worker: Worker, group: list[Job], *, may_preempt: bool) -> None:
-        self.worker = worker
-        self.job_ids = [job.job_id for job in group]
-        self.may_preempt = may_preempt
-        self._last_publish = float("-inf")
-
-    def __call__(self, done: int, total: int) -> None:
-        """Raise :class:`Cancelled` when no job of the group is still running.
-
-        The last call (``done >= total``) costs nothing: the result write that follows checks
-        the records atomically and publishes the final event itself.
-        """
-        if total > 0 and done >= total:
-            return
-        queue, now = self.worker.queue, self.worker.clock()
-        if now - self._last_publish >= self.worker.progress_interval_s:
-            self._last_publish = now
-            statuses = queue.progress(self.job_ids, done, total)
-        else:
-            statuses = queue.statuses(self.job_ids)
-        if all(status != "running" for status in statuses.values()):
-            raise Cancelled(f"jobs {', '.join(self.job_ids)} were cancelled")
-        if self.may_preempt:
-            self.worker._preempt()
 
 
 class Heartbeat(threading.Thread):

@@ -1,8 +1,9 @@
 """``python -m workers``: settings -> runtime -> signal handlers -> loop.
 
-The first SIGTERM (or SIGINT) lets the current group finish, hands claimed but unstarted jobs
-back to their stream, and exits; the second exits at once (its in-flight jobs are taken over by
-another worker after the visibility timeout).
+The first SIGTERM (or SIGINT) stops claiming, lets the jobs that finish within ``drain_s``
+finish, hands the others back to their stream at their next chunk boundary, and exits; the
+second exits at once (its in-flight jobs are taken over by another worker after the visibility
+timeout).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    """First SIGTERM/SIGINT: finish the current group and exit; second: exit at once."""
+    """First SIGTERM/SIGINT: drain (finish or hand back) and exit; second: exit at once."""
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
@@ -76,6 +77,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
         stop,
         block_ms=int(min(1.0, settings.heartbeat_interval_s) * 1000),
         recover_interval_s=settings.heartbeat_interval_s,
+        drain_s=settings.drain_s,
+        ageing=settings.scheduler_ageing,
     )
     heartbeat = Heartbeat(worker, settings.heartbeat_interval_s)
     while not stop.is_set():  # the first announcement waits for Redis

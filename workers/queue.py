@@ -77,12 +77,26 @@ return status
 """
 
 _RELEASE = """
-local id = redis.call('XADD', KEYS[2], '*', 'envelope', ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'stream_id', id) end
+local status = redis.call('HGET', KEYS[1], 'status')
+local id = false
+if status == 'queued' or status == 'running' then
+  id = redis.call('XADD', KEYS[2], '*', 'envelope', ARGV[1], 'cost', ARGV[6])
+  redis.call('HSET', KEYS[1], 'stream_id', id)
+  if status == 'running' then
+    redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', '0')
+    redis.call('HDEL', KEYS[1], 'started_at', 'worker')
+    if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
+      redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+    end
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
+  end
+end
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 redis.call('XDEL', KEYS[2], ARGV[3])
 return id
 """
+"""Give a job back: a fresh entry at the stream's end; a running job is queued again with its
+attempt uncounted (it stopped nobody). A cancelled, finished or expired job is only acked."""
 
 
 @dataclass(frozen=True)
@@ -165,15 +179,18 @@ class WorkerQueue:
                 if "BUSYGROUP" not in str(error):
                     raise
 
-    def claim(self, lanes: list[str], block_ms: int | None) -> list[Entry]:
-        """New entries of ``lanes`` (``XREADGROUP ... >``), up to ``claim_count`` per lane.
+    def claim(
+        self, lanes: list[str], block_ms: int | None, count: int | None = None
+    ) -> list[Entry]:
+        """New entries of ``lanes`` (``XREADGROUP ... >``), up to ``count`` (default
+        ``claim_count``) per lane.
 
         ``block_ms=None`` returns at once; otherwise it waits on all lanes at once.
         """
         streams = {self.keys.stream(lane): ">" for lane in lanes}
         try:
             reply = self.client.xreadgroup(
-                GROUP, self.consumer, streams, count=self.claim_count, block=block_ms
+                GROUP, self.consumer, streams, count=count or self.claim_count, block=block_ms
             )
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
@@ -189,7 +206,7 @@ class WorkerQueue:
         self._track(entries)
         return entries
 
-    def recover(self, lane: str) -> list[Entry]:
+    def recover(self, lane: str, count: int | None = None) -> list[Entry]:
         """Entries idle longer than the visibility timeout (a silent worker's), now ours."""
         try:
             reply = self.client.xautoclaim(
@@ -198,7 +215,7 @@ class WorkerQueue:
                 self.consumer,
                 self.visibility_timeout_ms,
                 start_id="0-0",
-                count=self.claim_count,
+                count=count or self.claim_count,
             )
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
@@ -246,14 +263,18 @@ class WorkerQueue:
         pipe.execute()
         self._untrack(lane, entry_id)
 
-    def release(self, lane: str, entry_id: str, envelope: str, job_id: str) -> str:
-        """Give a claimed, never admitted job back: a fresh entry at the stream's end."""
+    def release(
+        self, lane: str, entry_id: str, envelope: str, job_id: str, cost_s: float = 0.0
+    ) -> str | None:
+        """Give a claimed job back (never admitted, or handed back at shutdown): a fresh entry
+        at the stream's end, the record ``queued`` again; the new entry id (None: only acked)."""
+        event = JobEvent(job_id=job_id, status=JobStatus.queued).model_dump_json()
         new_id = self._release(
             keys=[self.keys.job(job_id), self.keys.stream(lane)],
-            args=[envelope, GROUP, entry_id],
+            args=[envelope, GROUP, entry_id, self.keys.events(job_id), event, repr(cost_s)],
         )
         self._untrack(lane, entry_id)
-        return _text(new_id)
+        return _text(new_id) if new_id else None
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
         """Copy an entry to the dead-letter stream with the reason it was given up on."""
@@ -371,6 +392,30 @@ class WorkerQueue:
             for job_id, status in zip(job_ids, pipe.execute(), strict=True)
         }
 
+    def poll(self, jobs: dict[str, tuple[int, int] | None]) -> dict[str, str | None]:
+        """Publish the progress ``(done, total)`` of the jobs that have one and read every
+        job's status (None: the record is gone), in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, progress in jobs.items():
+            if progress is None:
+                pipe.hget(self.keys.job(job_id), RecordField.status)
+                continue
+            done, total = progress
+            fraction = min(1.0, done / total) if total > 0 else 0.0
+            event = JobEvent(
+                job_id=job_id, status=JobStatus.running, progress=fraction, done=done, total=total
+            ).model_dump_json()
+            self._progress(
+                keys=[self.keys.job(job_id)],
+                args=[repr(fraction), self.keys.events(job_id), event],
+                client=pipe,
+            )
+        replies = pipe.execute() if jobs else []
+        return {
+            job_id: (None if status is None else _text(status))
+            for job_id, status in zip(jobs, replies, strict=True)
+        }
+
     def statuses(self, job_ids: list[str]) -> dict[str, str | None]:
         """The ``status`` field of each job record (None: the record is gone)."""
         pipe = self.client.pipeline(transaction=False)
@@ -423,6 +468,15 @@ class WorkerQueue:
             pipe.hincrbyfloat(key, "batch_size_count", 1)
         if len(pipe):
             pipe.execute()
+
+    def record_forwards(self, passes: int, rows: int, shared: int) -> None:
+        """Count the batcher's packed forward passes, their rows, and the passes shared by
+        several tasks."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrbyfloat(self.keys.metrics, "forward_passes_total", passes)
+        pipe.hincrbyfloat(self.keys.metrics, "forward_rows_total", rows)
+        pipe.hincrbyfloat(self.keys.metrics, "forward_shared_passes_total", shared)
+        pipe.execute()
 
     def record_batch(self, size: int) -> None:
         """Count one explainer call over ``size`` jobs."""

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from app.contract.jobs import ModelInfo, WorkerAnnouncement
 from app.settings import Settings
 from workers.explainers import ModelHandle
+from workers.explainers.forward import forward_logits, prefers_channels_last
 
 log = logging.getLogger("workers.runtime")
 
@@ -76,18 +78,59 @@ def warm_up_gradients(handle: ModelHandle) -> None:
         torch.autograd.grad(score, x)
 
 
+def measure_timings(handle: ModelHandle, batch_size: int, repeats: int = 2) -> tuple[float, float]:
+    """``(forward_ms, gradient_ms)`` per image: a gradient-free forward pass at ``batch_size``
+    (16 at most on a CPU, where the per-image cost hardly depends on it), and one forward +
+    backward pass of one image; best of ``repeats`` after a warm-up."""
+    device = handle.device
+    batch = batch_size if device.type == "cuda" else min(batch_size, 16)
+    probe = torch.zeros(batch, len(handle.mean), *handle.input_size, device=device)
+    channels_last = prefers_channels_last(handle.model)
+
+    def timed(action: Callable[[], object]) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            action()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - started)
+        return best * 1000.0
+
+    forward_logits(handle.model, probe, "float32", channels_last)  # warm-up at this batch
+    forward_ms = timed(lambda: forward_logits(handle.model, probe, "float32", channels_last))
+    gradient_ms = timed(lambda: warm_up_gradients(handle))
+    return forward_ms / batch, gradient_ms
+
+
+def describe(handle: ModelHandle, batch_size: int) -> ModelInfo:
+    """Warm ``handle`` up and describe it: what the zoo knows, plus its measured timings."""
+    from workers.zoo import model_info
+
+    warm_up_gradients(handle)
+    forward_ms, gradient_ms = measure_timings(handle, batch_size)
+    log.info(
+        "event=model_timed model=%s forward_ms=%.3f gradient_ms=%.3f",
+        handle.name,
+        forward_ms,
+        gradient_ms,
+    )
+    timings = {"forward_ms": round(forward_ms, 4), "gradient_ms": round(gradient_ms, 4)}
+    return model_info(handle).model_copy(update=timings)
+
+
 def build_runtime(settings: Settings) -> Runtime:
     """Choose the device, set torch's threads, load every model once and warm it up."""
-    from workers.zoo import load_models, model_info
+    from workers.zoo import load_models
 
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     device = choose_device(settings.device)
     started = time.perf_counter()
     models = load_models(settings.models_file, device)
-    for handle in models.values():
-        warm_up_gradients(handle)
-    infos = {name: model_info(handle) for name, handle in models.items()}
+    infos = {name: describe(handle, settings.max_batch_size) for name, handle in models.items()}
     log.info(
         "event=models_loaded models=%s device=%s elapsed_ms=%.0f",
         ",".join(models),

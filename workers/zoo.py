@@ -409,4 +409,28 @@ def model_info(handle: ModelHandle) -> ModelInfo:
         default_layer=handle.default_layer,
         layers=[name for name, _ in handle.model.named_modules() if name],
         architecture=handle.architecture,
+        layer_channels=layer_channels(handle),
     )
+
+
+def layer_channels(handle: ModelHandle) -> dict[str, int]:
+    """Channels of every module whose output is ``(B, C, h, w)``, from one probe forward."""
+    channels: dict[str, int] = {}
+    hooks = []
+    for name, module in handle.model.named_modules():
+        if not name:
+            continue
+
+        def record(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor) and out.dim() == 4:
+                channels[name] = int(out.shape[1])
+
+        hooks.append(module.register_forward_hook(record))
+    try:
+        probe = torch.zeros(1, len(handle.mean), *handle.input_size, device=handle.device)
+        with torch.inference_mode():
+            handle.model(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return channels

@@ -34,6 +34,17 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+class JobCost(BaseModel):
+    """A job's estimated cost (one image): ``app.contract.cost``."""
+
+    forward_passes: int = Field(description="Forward passes, the prediction included.")
+    backward_passes: int = Field(description="Backward passes.")
+    seconds: float = Field(
+        description="Estimated compute seconds on a worker serving the model (its measured "
+        "per-image pass times; 0 when no worker announced timings)."
+    )
+
+
 class JobEnvelope(BaseModel):
     """What goes into a lane stream (field ``envelope`` of the stream entry), as JSON."""
 
@@ -48,6 +59,7 @@ class JobEnvelope(BaseModel):
     target: int | None = Field(None, description="Class index; None means the top-1 class.")
     evaluate: list[str] = Field(default_factory=list)
     enqueued_at: float = Field(description="Unix seconds.")
+    cost: JobCost | None = Field(None, description="The gateway's estimate (app.contract.cost).")
 
 
 class JobEvent(BaseModel):
@@ -98,6 +110,18 @@ class ModelInfo(BaseModel):
     default_layer: str | None
     layers: list[str] = Field(description="Dotted names usable as `layer`.")
     architecture: str = ""
+    layer_channels: dict[str, int] = Field(
+        default_factory=dict, description="Channels of each layer with a (B, C, h, w) output."
+    )
+    forward_ms: float = Field(
+        0.0,
+        description="Measured at warm-up: one image's share of a gradient-free forward pass "
+        "at the worker's batch size, in ms (0: not measured).",
+    )
+    gradient_ms: float = Field(
+        0.0,
+        description="Measured at warm-up: one forward + backward pass of one image, in ms.",
+    )
 
 
 class WorkerAnnouncement(BaseModel):
@@ -131,3 +155,4 @@ class RecordField:
     worker = "worker"
     cancel_requested = "cancel_requested"
     stream_id = "stream_id"
+    cost = "cost"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from functools import cache
 from typing import Any
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from app.contract import cost
 from app.contract.methods import MethodSpec, method_specs
 from app.contract.metrics import EVALUATIONS
 from app.routes.deps import QueueDep, require_api_key
@@ -45,7 +47,9 @@ def catalog() -> MethodCatalog:
     """The method catalogue (static: built from ``app.contract`` once)."""
     methods = [_method(spec) for spec in method_specs().values()]
     methods.sort(key=lambda m: (m.family, m.name))
-    return MethodCatalog(methods=methods, evaluations=dict(EVALUATIONS))
+    return MethodCatalog(
+        methods=methods, evaluations=dict(EVALUATIONS), cost_model=cost.DESCRIPTION
+    )
 
 
 def _method(spec: MethodSpec) -> MethodOut:
@@ -57,6 +61,7 @@ def _method(spec: MethodSpec) -> MethodOut:
         paper=spec.paper,
         params_schema=spec.params.model_json_schema(),
         defaults=defaults(spec.params),
+        cost=inspect.getdoc(spec.params.passes) or "",
     )
 
 

@@ -12,7 +12,6 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.contract.jobs import JobEnvelope, JobStatus
-from app.contract.methods import method_specs
 from app.images import decode_upload
 from app.problems import ProblemError
 from app.queue import JobQueue, JobState, NewJob
@@ -21,7 +20,7 @@ from app.routes.deps import HubDep, QueueDep, SettingsDep, require_api_key
 from app.routes.intake import read_submission
 from app.routes.jobs import png_response
 from app.routes.negotiation import prefers_png, requested_wait
-from app.routes.resolve import ResolvedJob, resolve, retry_after_for_queue
+from app.routes.resolve import ResolvedJob, check_cost, resolve, retry_after_for_backlog
 from app.routes.views import failure_problem, job_url, job_view, json_response
 from app.routes.waiting import wait_final
 from app.schemas import ExplanationForm, ExplanationRequest, Job, ProblemDetail
@@ -89,6 +88,7 @@ async def create_explanation(
     submission = await read_submission(request, settings.max_upload_bytes)
     retry_s = max(1, math.ceil(settings.heartbeat_ttl_s / 2))
     job = await resolve(submission.fields, queue, retry_after_s=retry_s)
+    check_cost(job.cost, settings.max_job_cost)
     image = await run_in_threadpool(
         decode_upload,
         submission.image,
@@ -120,18 +120,18 @@ def _envelope(job: ResolvedJob) -> JobEnvelope:
         target=job.target,
         evaluate=job.evaluate,
         enqueued_at=time.time(),
+        cost=job.cost,
     )
 
 
 async def _queue_full(queue: JobQueue, job: ResolvedJob, depth: int) -> ProblemError:
-    snapshot = await queue.snapshot()
-    lane_methods = [name for name, spec in method_specs().items() if spec.lane == job.lane]
-    total = sum(snapshot.metrics.get(f"job_seconds_sum:{m}", 0.0) for m in lane_methods)
-    count = sum(snapshot.metrics.get(f"job_seconds_count:{m}", 0.0) for m in lane_methods)
-    retry = retry_after_for_queue(depth, total / count if count else None, snapshot.live_workers)
+    backlog_s, entries = await queue.backlog(job.lane)
+    workers = sum(job.lane in w.lanes for w in await queue.live_workers()) or 1
+    retry = retry_after_for_backlog(backlog_s, entries, queue.max_queue_depth, workers)
     return ProblemError(
         503,
-        f"the {job.lane} lane is full ({depth} jobs waiting); retry in {retry} s",
+        f"the {job.lane} lane is full ({depth} jobs, about {backlog_s:.0f} s of estimated "
+        f"work); retry in {retry} s",
         kind="queue-full",
         headers={"Retry-After": str(retry)},
         retry_after=retry,

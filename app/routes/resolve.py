@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.contract.jobs import ModelInfo
+from app.contract.cost import job_cost
+from app.contract.jobs import JobCost, ModelInfo
 from app.contract.methods import MethodSpec, method_specs, parse_params
 from app.contract.metrics import EVALUATIONS
 from app.problems import ProblemError, problem_from_pydantic
@@ -26,7 +27,7 @@ _INDEX = re.compile(r"[+-]?\d+")
 
 @dataclass(frozen=True)
 class ResolvedJob:
-    """A fully validated request."""
+    """A fully validated request and its estimated cost."""
 
     spec: MethodSpec
     lane: str
@@ -34,6 +35,7 @@ class ResolvedJob:
     params: dict[str, Any]
     target: int | None
     evaluate: list[str]
+    cost: JobCost
 
 
 async def resolve(fields: ExplanationFields, queue: JobQueue, *, retry_after_s: int) -> ResolvedJob:
@@ -45,7 +47,27 @@ async def resolve(fields: ExplanationFields, queue: JobQueue, *, retry_after_s: 
     served = await pick_model(fields.model, lane, queue, retry_after_s=retry_after_s)
     params = validate_params(spec, raw, served.info)
     target = resolve_target(fields.target, served.info)
-    return ResolvedJob(spec, lane, served.info, params, target, evaluate)
+    passes = parse_params(spec.name, params).passes(served.info)
+    cost = job_cost(passes, served.info, evaluate)
+    return ResolvedJob(spec, lane, served.info, params, target, evaluate, cost)
+
+
+def check_cost(cost: JobCost, cap_s: float, *, source: str = "XPLAIN_MAX_JOB_COST") -> None:
+    """422 ``job-too-costly`` when the estimated seconds exceed ``cap_s``."""
+    if cost.seconds <= cap_s:
+        return
+    passes = f"{cost.forward_passes} forward"
+    if cost.backward_passes:
+        passes += f" and {cost.backward_passes} backward"
+    raise ProblemError(
+        422,
+        f"the job's estimated cost is {cost.seconds:.1f} s of worker compute ({passes} passes), "
+        f"above the cap of {cap_s:g} s ({source}); ask for fewer samples, masks, windows or "
+        "iterations",
+        kind="job-too-costly",
+        cost=cost.model_dump(),
+        max_cost=cap_s,
+    )
 
 
 def lane_of(spec: MethodSpec, raw: dict[str, Any]) -> str:
@@ -204,9 +226,15 @@ def _suggest(word: str, choices: Any) -> str:
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
-def retry_after_for_queue(depth: int, mean_job_s: float | None, workers: int) -> int:
-    """Seconds until the lane has drained a little: depth x mean job time / workers,
-    between 1 and 60 s (5 s without timing data)."""
-    if not mean_job_s or workers <= 0:
+def retry_after_for_backlog(backlog_s: float, depth: int, cap: int, workers: int) -> int:
+    """Seconds until a full lane has room, from its estimated backlog of work.
+
+    The jobs over the cap (``depth − cap + 1``) must finish first; each takes the lane's mean
+    estimated seconds per job (``backlog_s / depth``), shared by the workers serving the lane.
+    Between 1 and 3600 s.
+    """
+    if depth <= 0 or workers <= 0:
         return 5
-    return max(1, min(60, math.ceil(depth * mean_job_s / workers / 2)))
+    per_job = backlog_s / depth
+    waiting = max(1, depth - cap + 1)
+    return max(1, min(3600, math.ceil(waiting * per_job / workers)))

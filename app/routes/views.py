@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 from fastapi.responses import Response
 
-from app.contract.jobs import JobStatus, RecordField, WorkerResult
+from app.contract.jobs import JobCost, JobStatus, RecordField, WorkerResult
 from app.problems import ProblemError
 from app.queue import JobState
 from app.schemas import (
@@ -55,6 +55,12 @@ def job_view(state: JobState, *, heatmap_data: bool = True, now: float | None = 
         timings=_timings(created, started, finished, now, _compute_ms(result)),
         links=JobLinks(self=url, heatmap_png=f"{url}/heatmap.png", events=f"{url}/events"),
     )
+    cost = state.json_field(RecordField.cost)
+    if isinstance(cost, dict):
+        try:
+            job.cost = JobCost.model_validate(cost)
+        except ValueError:
+            job.cost = None
     if state.status == JobStatus.failed:
         job.error = _error(state)
     if result is not None:

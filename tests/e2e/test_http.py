@@ -17,7 +17,7 @@ from tests.e2e.conftest import Service
 from tests.worker.support import png, wait_for
 from workers.explainers import get_explainer
 from workers.explainers.postprocess import normalise
-from workers.handler import decode_image, predict, preprocess
+from workers.handler import decode_image, preprocess
 
 LONG = {"window": 8, "stride": 2, "max_batch_size": 1}
 """169 forward passes of the 20 ms test model: several seconds."""
@@ -81,7 +81,7 @@ def test_an_async_job_is_polled_to_the_same_result_as_in_process(live: Service) 
 
     handle = load_models(str(live.log_dir / "models.toml"), torch.device("cpu"))["tiny"]
     x = preprocess(decode_image(upload), handle)[None]
-    target = predict(handle, x).argmax(dim=1)
+    target = handle.evaluate(x).argmax(dim=1)
     assert int(target) == body["target"]["index"]
     expected = normalise(get_explainer("gradcam")(handle, x, target).saliency)[0].numpy()
     np.testing.assert_allclose(np.array(body["heatmap"]["data"]), expected, atol=1e-3)

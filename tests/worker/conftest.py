@@ -15,7 +15,7 @@ from app.contract.keys import Keys
 from tests.worker.nets import MODELS_TOML
 from workers.loop import Worker
 from workers.queue import WorkerQueue
-from workers.runtime import Runtime, warm_up_gradients
+from workers.runtime import Runtime, describe
 
 
 @pytest.fixture(scope="session")
@@ -29,16 +29,14 @@ def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def runtime(models_file: Path) -> Runtime:
     """The tiny models loaded once, in this process, as a worker would load them."""
-    from workers.zoo import load_models, model_info
+    from workers.zoo import load_models
 
     models = load_models(str(models_file), torch.device("cpu"))
-    for handle in models.values():
-        warm_up_gradients(handle)
     return Runtime(
         worker_id="in-process",
         device=torch.device("cpu"),
         models=models,
-        infos={name: model_info(handle) for name, handle in models.items()},
+        infos={name: describe(handle, 64) for name, handle in models.items()},
         lanes=("fast", "slow"),
         max_batch_size=64,
     )

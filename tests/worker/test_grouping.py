@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.contract.jobs import JobEnvelope
-from workers.grouping import Job, effective_params, group_jobs, isolate_retries
+from workers.grouping import Job, effective_params, group_jobs
 
 
 def job(n: int, method: str = "gradcam", params: dict | None = None, model: str = "m") -> Job:
@@ -52,11 +52,3 @@ def test_params_order_does_not_split_a_group() -> None:
     b = job(1, "occlusion", {"stride": 4, "window": 8})
     assert a.key == b.key
     assert len(group_jobs([a, b])) == 1
-
-
-def test_redelivered_jobs_run_alone() -> None:
-    jobs = [job(n) for n in range(4)]
-    for j, attempt in zip(jobs, [1, 2, 1, 3], strict=True):
-        j.attempt = attempt
-    split = [[j.job_id for j in g] for g in isolate_retries(jobs)]
-    assert split == [["j0", "j2"], ["j1"], ["j3"]]

@@ -1,4 +1,4 @@
-"""The claim loop in-process against a real Redis: batching, lanes, cancellation, bad input."""
+"""The worker loop in-process against a real Redis: grouping, cancellation, bad input, stop."""
 
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ from tests.worker.support import (
     random_png,
     record,
     result,
+    wait_for,
     wait_status,
 )
 from workers.loop import Worker
+from workers.queue import WorkerQueue
 from workers.runtime import Runtime
 
 LONG_OCCLUSION = {"window": 8, "stride": 4, "max_batch_size": 1}
@@ -39,22 +41,21 @@ def metrics(client: redis.Redis, keys: Keys) -> dict[str, float]:
     return {k.decode(): float(v) for k, v in client.hgetall(keys.metrics).items()}
 
 
-def test_waiting_compatible_jobs_run_as_one_group_fast_lane_first(
+def test_compatible_gradient_jobs_run_as_one_call_and_each_gets_its_own_map(
     client: redis.Redis, keys: Keys, worker: Worker
 ) -> None:
     slow = enqueue(client, keys, image=random_png(9), method="occlusion", params={"window": 8})
     fast = [
         enqueue(client, keys, image=random_png(i), target=[None, 0, 1][i % 3]) for i in range(5)
     ]
-    assert worker.run(max_groups=2) == 2
+    assert worker.run(until_idle=True) == 2  # one gradcam call for five jobs, one occlusion
     records = {job_id: record(client, keys, job_id) for job_id in [slow, *fast]}
     assert all(rec["status"] == "succeeded" for rec in records.values())
     assert all(result(client, keys, job_id)["group_size"] == 5 for job_id in fast)
-    assert max(float(records[j]["finished_at"]) for j in fast) < float(records[slow]["started_at"])
     assert result(client, keys, slow)["params"]["max_batch_size"] == 64
     # Batched with four others or not, a job's heatmap is the same.
     alone = enqueue(client, keys, image=random_png(1), target=0)  # = fast[1]: same image, target
-    assert worker.run(max_groups=1) == 1
+    assert worker.run(until_idle=True) == 1
     assert result(client, keys, alone)["group_size"] == 1
     np.testing.assert_allclose(
         heatmap(client, keys, fast[1], (32, 32)), heatmap(client, keys, alone, (32, 32)), atol=1e-5
@@ -81,7 +82,7 @@ def test_cancelling_every_job_of_a_group_stops_it_and_stores_nothing(
         cancel(client, keys, job_id)
 
     canceller = background(cancel_when_running)
-    worker.run(max_groups=1)
+    worker.run(until_idle=True)
     canceller.join()
     rec = record(client, keys, job_id)
     assert rec["status"] == "cancelled"
@@ -91,7 +92,7 @@ def test_cancelling_every_job_of_a_group_stops_it_and_stores_nothing(
     assert metrics(client, keys)["jobs_total:occlusion:cancelled"] == 1
 
 
-def test_a_partly_cancelled_group_finishes_the_others(
+def test_cancelling_one_job_leaves_the_others_running(
     client: redis.Redis, keys: Keys, worker: Worker
 ) -> None:
     kept, dropped = (
@@ -111,10 +112,9 @@ def test_a_partly_cancelled_group_finishes_the_others(
         cancel(client, keys, dropped)
 
     canceller = background(cancel_one)
-    worker.run(max_groups=1)
+    worker.run(until_idle=True)
     canceller.join()
     assert record(client, keys, kept)["status"] == "succeeded"
-    assert result(client, keys, kept)["group_size"] == 2
     assert record(client, keys, dropped)["status"] == "cancelled"
     assert result(client, keys, dropped) is None
 
@@ -138,7 +138,7 @@ def test_bad_jobs_fail_alone_with_a_problem(
         "layer": enqueue(client, keys, image=random_png(4), params={"layer": "features.9"}),
     }
     good = enqueue(client, keys, image=random_png(5))
-    worker.run(max_groups=2)
+    worker.run(until_idle=True)
     assert record(client, keys, good)["status"] == "succeeded"
     errors = {}
     for name, job_id in cases.items():
@@ -158,42 +158,44 @@ def test_bad_jobs_fail_alone_with_a_problem(
     assert client.xpending(keys.stream("fast"), GROUP)["pending"] == 0
 
 
-def test_stop_finishes_the_current_group_and_hands_the_rest_back(
-    client: redis.Redis, keys: Keys, worker: Worker
+def test_stop_finishes_what_fits_the_drain_time_and_hands_the_rest_back(
+    client: redis.Redis, keys: Keys, runtime: Runtime, queue: WorkerQueue
 ) -> None:
-    first, second = (
-        enqueue(
-            client,
-            keys,
-            image=random_png(i),
-            model="tiny_slow",
-            method="occlusion",
-            params={**LONG_OCCLUSION, "stride": 8 + i},  # different params: two groups
-        )
-        for i in range(2)
+    worker = Worker(runtime, queue, threading.Event(), block_ms=100, drain_s=0.5)
+    quick = enqueue(client, keys, image=random_png(0), model="tiny_slow", method="gradcam")
+    long = enqueue(
+        client,
+        keys,
+        image=random_png(1),
+        model="tiny_slow",
+        method="rise",
+        params={"n_masks": 400, "max_batch_size": 1},  # 401 passes of 20 ms: 8 s
     )
 
     def stop_when_running() -> None:
-        wait_status(client, keys, first, {"running"})
+        wait_status(client, keys, long, {"running"})
+        wait_for(lambda: float(record(client, keys, long)["progress"]) > 0, 10, "progress")
         worker.stop.set()
 
     stopper = background(stop_when_running)
+    started = time.monotonic()
     worker.run()
     stopper.join()
-    assert record(client, keys, first)["status"] == "succeeded"
-    rec = record(client, keys, second)
-    assert rec["status"] == "queued" and rec["attempts"] == "0"
+    assert time.monotonic() - started < 5  # handed back, not finished
+    assert record(client, keys, quick)["status"] == "succeeded"
+    rec = record(client, keys, long)
+    assert rec["status"] == "queued" and rec["attempts"] == "0" and rec["progress"] == "0"
     assert client.xpending(keys.stream("slow"), GROUP)["pending"] == 0
     (entry,) = client.xrange(keys.stream("slow"))
     assert entry[0].decode() == rec["stream_id"]
     assert worker.queue.in_flight() == {}
 
 
-def test_a_job_interrupted_by_an_error_is_taken_over_after_the_visibility_timeout(
+def test_a_result_that_could_not_be_written_is_written_when_redis_answers(
     client: redis.Redis, keys: Keys, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queue = make_queue(client, keys, visibility_timeout_s=0.5)
-    worker = Worker(runtime, queue, threading.Event(), block_ms=100, recover_interval_s=0.1)
+    queue = make_queue(client, keys)
+    worker = Worker(runtime, queue, threading.Event(), block_ms=100)
     job_id = enqueue(client, keys, image=random_png(0))
     finish = queue.finish
     calls = []
@@ -206,9 +208,9 @@ def test_a_job_interrupted_by_an_error_is_taken_over_after_the_visibility_timeou
 
     monkeypatch.setattr(queue, "finish", flaky)
     started = time.monotonic()
-    assert worker.run(max_groups=1) == 1  # the interrupted group does not count
+    assert worker.run(until_idle=True) == 1
     assert len(calls) == 2
+    assert time.monotonic() - started >= 1.0  # it waited for Redis before trying again
     rec = record(client, keys, job_id)
-    assert rec["status"] == "succeeded" and rec["attempts"] == "2"
-    assert time.monotonic() - started > 0.5  # not before the entry was idle long enough
+    assert rec["status"] == "succeeded" and rec["attempts"] == "1"  # not taken over
     assert client.xpending(keys.stream("fast"), GROUP)["pending"] == 0

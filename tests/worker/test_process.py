@@ -1,4 +1,4 @@
-"""Real ``python -m workers`` processes: preemption, shutdown, crash recovery, poison jobs.
+"""Real ``python -m workers`` processes: scheduling, shutdown, crash recovery, poison jobs.
 
 Test workers beat every 0.5 s and take over entries idle for 2 s (see ``worker_env``).
 """
@@ -97,27 +97,26 @@ def test_a_cheap_job_overtakes_a_running_expensive_one(cluster: Cluster) -> None
     assert result(client, keys, fast)["worker"] == "w1"
 
 
-def test_first_sigterm_finishes_the_group_and_hands_back_the_rest(cluster: Cluster) -> None:
+def test_first_sigterm_finishes_what_fits_the_drain_time_and_hands_back_the_rest(
+    cluster: Cluster,
+) -> None:
     client, keys, start = cluster.client, cluster.keys, cluster.start
-    process = start("w1")
+    process = start("w1", drain_s=0.3)
     wait_worker(client, keys, "w1")
     first, second = enqueue_many(
         client,
         keys,
         [
-            {
-                "image": random_png(0),
-                **SLOW,
-                "params": {"window": 8, "stride": 8, "max_batch_size": 1},
-            },
+            {"image": random_png(0), "model": "tiny_slow", "method": "gradcam"},
             {
                 "image": random_png(1),
-                **SLOW,
-                "params": {"window": 8, "stride": 9, "max_batch_size": 1},
+                "model": "tiny_slow",
+                "method": "rise",
+                "params": {"n_masks": 400, "max_batch_size": 1},  # 8 s of 20 ms passes
             },
         ],
     )
-    wait_status(client, keys, first, {"running"})
+    wait_status(client, keys, second, {"running"})
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     assert record(client, keys, first)["status"] == "succeeded"

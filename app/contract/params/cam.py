@@ -6,8 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from app.contract.cost import Passes
 from app.contract.jobs import ModelInfo
-from app.contract.params.common import BatchParams, Lane, LayerParams, MethodSpec, SeedParams
+from app.contract.params.common import (
+    BatchParams,
+    Lane,
+    LayerParams,
+    MethodSpec,
+    SeedParams,
+    layer_channels,
+)
 
 LayerName = Annotated[str, Field(min_length=1, max_length=200)]
 Channel = Annotated[int, Field(ge=0, le=1_000_000)]
@@ -17,13 +25,25 @@ Position = Annotated[int, Field(ge=0, le=100_000)]
 class GradCamParams(LayerParams):
     """Grad-CAM: channel weights are the spatially averaged gradients of the target score."""
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """One forward and one backward pass."""
+        return Passes(1, 1)
+
 
 class GradCamPPParams(LayerParams):
     """Grad-CAM++: channel weights from positive gradients with closed-form pixel weights α."""
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """One forward and one backward pass."""
+        return Passes(1, 1)
+
 
 class XGradCamParams(LayerParams):
     """XGrad-CAM: channel weights are activation-weighted averages of the gradients."""
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """One forward and one backward pass."""
+        return Passes(1, 1)
 
 
 class LayerCamParams(LayerParams):
@@ -48,6 +68,10 @@ class LayerCamParams(LayerParams):
             raise ValueError("`layers` names a layer twice")
         return self
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """One forward and one backward pass (for every fused layer at once)."""
+        return Passes(1, 1)
+
     def check_model(self, model: ModelInfo) -> None:
         """Every layer in ``layers`` must be a layer of the model."""
         super().check_model(model)
@@ -58,6 +82,10 @@ class LayerCamParams(LayerParams):
 class ScoreCamParams(LayerParams, BatchParams):
     """Score-CAM: each channel map masks the input; the target probability is its weight."""
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """The clean forward (it reads the activations), then one per channel of the layer."""
+        return Passes(1 + layer_channels(model, self.layer))
+
 
 class IntegratedGradCamParams(LayerParams, BatchParams):
     """Integrated Grad-CAM: the Grad-CAM term integrated from a black image to the input."""
@@ -65,6 +93,10 @@ class IntegratedGradCamParams(LayerParams, BatchParams):
     steps: int = Field(
         50, ge=1, le=1000, description="Points on the path from the black baseline (M)."
     )
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """The baseline's forward, then a forward and a backward per path point."""
+        return Passes(1 + self.steps, self.steps)
 
 
 class SmoothGradCamPPParams(LayerParams, BatchParams, SeedParams):
@@ -95,6 +127,10 @@ class SmoothGradCamPPParams(LayerParams, BatchParams, SeedParams):
         max_length=2,
         description="[row, column] of a position on the layer's grid (mode `neuron` only).",
     )
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """The clean forward, then a forward and a backward per noisy copy."""
+        return Passes(1 + self.n_samples, self.n_samples)
 
     @model_validator(mode="after")
     def _mode_arguments(self) -> SmoothGradCamPPParams:

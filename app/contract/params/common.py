@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.contract.cost import Passes
 from app.contract.jobs import ModelInfo
 
 
@@ -31,6 +32,11 @@ class MethodParams(BaseModel):
     def lane(self, default: Lane) -> Lane:
         """The cost lane of a job with these parameters (the method's own, unless overridden)."""
         return default
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """Forward and backward passes one image costs on ``model``, the prediction included
+        (an upper bound where the method decides on the way): the cost model's input."""
+        raise NotImplementedError(f"{type(self).__name__} does not estimate its passes")
 
 
 class LayerParams(MethodParams):
@@ -64,6 +70,15 @@ Lane = Literal["fast", "slow"]
 Family = Literal["perturbation", "optimisation", "gradient", "propagation"]
 
 
+def layer_channels(model: ModelInfo, layer: str | None) -> int:
+    """Channels of ``layer`` (None: the default layer) as the workers announced them; the
+    widest announced layer when unknown."""
+    name = layer or model.default_layer
+    if name and name in model.layer_channels:
+        return model.layer_channels[name]
+    return max(model.layer_channels.values(), default=512)
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A method as clients see it: name, parameters, cost lane and provenance."""
@@ -74,3 +89,10 @@ class MethodSpec:
     family: Family
     summary: str
     paper: str
+
+    @property
+    def grouped(self) -> bool:
+        """Whether compatible jobs run as one call: methods of gradient passes batch them that
+        way; methods of gradient-free passes run one job per call and share forward passes
+        with every other job through the worker's batcher instead."""
+        return self.family != "perturbation" and self.name != "scorecam"

@@ -13,8 +13,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from app.contract.cost import Passes
 from app.contract.jobs import ModelInfo
 from app.contract.params.common import BatchParams, MethodSpec, SeedParams
+
+CIRCLE_INIT_PASSES = 35
+"""Forward passes of meaningful perturbation's disc search beyond the clean pass (35 radii)."""
 
 Area = Annotated[float, Field(gt=0, lt=1)]
 
@@ -90,6 +94,11 @@ class MeaningfulPerturbationParams(OptimisationParams, SeedParams):
         "in [0, 1].",
     )
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """The clean pass, the disc search, then a forward and backward per iteration."""
+        search = CIRCLE_INIT_PASSES if self.init == "circle" else 0
+        return Passes(1 + search + self.iterations, self.iterations)
+
     def check_model(self, model: ModelInfo) -> None:
         """The mask must have at least one cell per side."""
         super().check_model(model)
@@ -152,6 +161,11 @@ class ExtremalPerturbationParams(OptimisationParams):
         "shorter image side (TorchRay's pointing benchmark: 0.09; 0 = none).",
     )
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """The clean pass, then a forward and backward per iteration and area."""
+        steps = self.iterations * len(self.areas)
+        return Passes(1 + steps, steps)
+
     def check_model(self, model: ModelInfo) -> None:
         """The parameter grid must have at least one cell per side."""
         super().check_model(model)
@@ -207,6 +221,10 @@ class NeuroMaskParams(OptimisationParams, SeedParams):
         "RMSPropOptimizer used by the authors; 0 as torch.optim.RMSprop (moves from the "
         "first iteration).",
     )
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """The clean pass, then a forward and backward per iteration."""
+        return Passes(1 + self.iterations, self.iterations)
 
     def check_model(self, model: ModelInfo) -> None:
         """The Laplacian filter must fit in the input."""

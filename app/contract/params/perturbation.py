@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from app.contract.cost import Passes
 from app.contract.jobs import ModelInfo
 from app.contract.params.common import BatchParams, MethodSpec, SeedParams
 
@@ -38,6 +39,13 @@ class OcclusionParams(PerturbationParams):
     stride: int = Field(8, ge=1, le=4096, description="Step of the sliding window, in pixels.")
     fill: Fill = Field("zero", description=FILL_DOC)
     score: Score = Field("prob", description="Drop of the target's softmax `prob` or `logit`.")
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """The clean pass and one per window."""
+        rows, cols = (
+            len(window_starts(side, self.window, self.stride)) for side in model.input_size
+        )
+        return Passes(1 + rows * cols)
 
     def check_model(self, model: ModelInfo) -> None:
         """The window must fit in the model input."""
@@ -94,6 +102,10 @@ class FmoParams(PerturbationParams):
             raise ValueError("grids must be positive and increase from coarse to fine")
         return self
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """The clean pass and every window of every level (the exhaustive bound)."""
+        return Passes(1 + sum(fmo_level_windows(model.input_size, self)))
+
     def check_model(self, model: ModelInfo) -> None:
         """At least one level must have cells of ``min_cell`` px and room for a window."""
         super().check_model(model)
@@ -112,6 +124,10 @@ class RiseParams(PerturbationParams, SeedParams):
     n_masks: int = Field(4000, ge=1, le=100_000, description="Number of random masks N.")
     cells: int = Field(7, ge=1, le=256, description="Grid cells per side s of each mask.")
     p: float = Field(0.5, gt=0, le=1, description="Probability that a cell is kept.")
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """The clean pass and one per mask."""
+        return Passes(1 + self.n_masks)
 
     def check_model(self, model: ModelInfo) -> None:
         """A cell must be at least one pixel."""
@@ -140,6 +156,33 @@ class LimeParams(PerturbationParams, SeedParams):
         "default), `zero` or `blur`.",
     )
     score: Score = Field("prob", description="Regress the target's softmax `prob` or `logit`.")
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """One per sample (sample 0 is the clean image)."""
+        return Passes(self.num_samples)
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Occlusion's window offsets along one axis: every ``stride``, plus one flush with the end."""
+    starts = list(range(0, max(length - window, 0) + 1, stride))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return starts
+
+
+def fmo_level_windows(size: tuple[int, int], params: FmoParams) -> list[int]:
+    """Windows of each FMO level that fits ``size`` (the worker's ``plan_grids`` levels)."""
+    counts = list(params.grids or [4 * 2**level for level in range(params.levels)])
+    short, long_ = min(size), max(size)
+    windows = []
+    for cells in counts:
+        if short / cells < params.min_cell or cells < params.window:
+            continue
+        other = max(params.window, round(cells * long_ / short))
+        extra = params.window - 1
+        per_axis = [g + extra if params.border else g - extra for g in (cells, other)]
+        windows.append(per_axis[0] * per_axis[1])
+    return windows
 
 
 SPECS: list[MethodSpec] = [

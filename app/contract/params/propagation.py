@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from app.contract.cost import Passes
+from app.contract.jobs import ModelInfo
 from app.contract.params.common import Lane, LayerParams, MethodParams, MethodSpec
 
 Composite = Literal[
@@ -45,6 +47,10 @@ class LrpParams(MethodParams):
         1e-6, gt=0, le=100, description="ε of the ε-rule layers (dense layers; all with `epsilon`)."
     )
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """One forward and one (modified) backward pass."""
+        return Passes(1, 1)
+
 
 class GradCamLrpParams(LayerParams):
     """The Grad-CAM × LRP hybrid (Dhore et al. 2024), reconstructed defaults (METHODS.md §5.3)."""
@@ -71,6 +77,10 @@ class GradCamLrpParams(LayerParams):
         True, description="Keep only the positive part of the LRP map before the product."
     )
 
+    def passes(self, model: ModelInfo) -> Passes:
+        """The CAM's forward and backward, then LRP's."""
+        return Passes(2, 2)
+
 
 class GradualExtrapolationParams(LayerParams):
     """Gradual Extrapolation (Szandała 2021) on top of a CAM method."""
@@ -89,6 +99,13 @@ class GradualExtrapolationParams(LayerParams):
     def lane(self, default: Lane) -> Lane:
         """A base CAM that needs many forward passes makes the job a slow-lane job."""
         return "slow" if self.base in SLOW_CAM_BASES else default
+
+    def passes(self, model: ModelInfo) -> Passes:
+        """The base CAM's passes at its defaults; a multi-pass base adds one recording pass."""
+        from app.contract.methods import parse_params  # the catalogue imports this module
+
+        base = parse_params(self.base, {"layer": self.layer}).passes(model)
+        return base if self.base not in SLOW_CAM_BASES else base + Passes(1)
 
 
 SPECS: list[MethodSpec] = [
