@@ -16,6 +16,7 @@ down to one before it is given to the request that asked.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,7 @@ class Request:
     inputs: Tensor
     precision: str = "float32"
     private: bool = False
+    submitted: float = 0.0
     done: int = 0
     parts: list[Tensor] = field(default_factory=list)
     result: Tensor | None = None
@@ -72,6 +74,8 @@ class BatchStats:
     passes: int = 0
     rows: int = 0
     shared_passes: int = 0
+    seconds: float = 0.0
+    """Wall time of its passes."""
 
 
 class Batcher:
@@ -92,6 +96,10 @@ class Batcher:
             )
             return
         self.pending.append(request)
+
+    def mean_pass_s(self) -> float:
+        """Mean wall time of a pass so far (5 ms before the first)."""
+        return self.stats.seconds / self.stats.passes if self.stats.passes else 0.005
 
     def drop(self, owner: object) -> None:
         """Forget the pending requests of ``owner`` (cancelled)."""
@@ -121,11 +129,13 @@ class Batcher:
         with torch.inference_mode():
             parts = [request.inputs[start:stop] for request, start, stop in take]
             x = parts[0] if len(parts) == 1 else torch.cat(parts)
+            started = time.perf_counter()
             try:
                 logits = forward_logits(self.model, x, take[0][0].precision, self.channels_last)
             except Exception as error:
                 self._after_failure(take, error)
                 return
+        self.stats.seconds += time.perf_counter() - started
         self.stats.passes += 1
         self.stats.rows += x.shape[0]
         owners = {id(request.owner) for request, _, _ in take}

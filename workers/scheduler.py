@@ -38,6 +38,10 @@ from workers.explainers.forward import forward_logits, prefers_channels_last
 
 READY, WAITING, DONE = "ready", "waiting", "done"
 
+LIGHT_TURN_S = 0.002
+"""A turn this short (or a quarter of a forward pass) is worth running before a pass that has
+room: the task usually comes back with rows for it."""
+
 
 @dataclass(eq=False)
 class Task:
@@ -56,6 +60,7 @@ class Task:
     last_ran: float = 0.0
     ran_s: float = 0.0
     """Seconds the task has held the baton (forward passes of its rows not included)."""
+    turns: int = 0
     result: Any = None
     error: BaseException | None = None
     interrupt: BaseException | None = None
@@ -107,11 +112,18 @@ class Scheduler:
 
     def step(self) -> list[Task]:
         """Run the most urgent task to its next yield point, or the most urgent waiting task's
-        forward pass; returns the tasks that finished."""
+        forward pass; returns the tasks that finished.
+
+        Before a forward pass that would not be full, ready tasks whose turns are short next to
+        a pass get one turn each (most urgent first): they usually come back with rows of their
+        own for the same pass.
+        """
         candidates = [t for t in self.tasks if t.state == READY or self._can_serve(t)]
         if candidates:
             now = self.clock()
             top = min(candidates, key=lambda t: self.key(t, now))
+            if top.state == WAITING:
+                top = self._joiner(top, now) or top
             if top.state == READY:
                 self._resume(top)
             else:
@@ -163,7 +175,7 @@ class Scheduler:
         task = self.current()
         if task is None:  # not in a task: nothing to share with
             return forward_logits(model, inputs, precision, prefers_channels_last(model))
-        request = Request(task, inputs, precision, private=task.private)
+        request = Request(task, inputs, precision, private=task.private, submitted=self.clock())
         self._batcher(model).add(request)
         if not request.finished:
             task.request, task.state = request, WAITING
@@ -188,10 +200,30 @@ class Scheduler:
     def _can_serve(self, task: Task) -> bool:
         return task.state == WAITING and task.request is not None and not task.request.finished
 
+    def _joiner(self, top: Task, now: float) -> Task | None:
+        """A light ready task to run before ``top``'s pass, if that pass has room."""
+        request = top.request
+        assert request is not None
+        batcher = self._owner_batcher(request)
+        if sum(r.rows - r.done for r in batcher.pending) >= batcher.batch_size:
+            return None
+        light_s = max(LIGHT_TURN_S, 0.25 * batcher.mean_pass_s())
+        joiners = [
+            t
+            for t in self.tasks
+            if t.state == READY
+            and t.last_ran <= request.submitted
+            and (t.turns == 0 or t.ran_s / t.turns <= light_s)
+        ]
+        return min(joiners, key=lambda t: self.key(t, now)) if joiners else None
+
+    def _owner_batcher(self, request: Request) -> Batcher:
+        return next(b for b in self.batchers.values() if request in b.pending)
+
     def _serve(self, top: Task, now: float) -> None:
         """One packed forward pass for ``top``'s model, ``top``'s rows first."""
         assert top.request is not None
-        batcher = next(b for b in self.batchers.values() if top.request in b.pending)
+        batcher = self._owner_batcher(top.request)
         order = sorted(batcher.pending, key=lambda r: self.key(r.owner, now))  # type: ignore[arg-type]
         order.remove(top.request)
         for request in batcher.run([top.request, *order]):
@@ -204,6 +236,7 @@ class Scheduler:
         task._go.release()
         self._back.acquire()
         task.ran_s += self.clock() - started
+        task.turns += 1
 
     def _yield(self, task: Task) -> None:
         self._back.release()

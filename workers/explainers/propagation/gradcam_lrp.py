@@ -31,6 +31,7 @@ from workers.explainers.base import Explanation, ModelHandle, ProgressFn, no_pro
 from workers.explainers.cam.common import cam_result
 from workers.explainers.postprocess import normalise, upsample
 from workers.explainers.propagation.lrp import lrp_relevance
+from workers.explainers.propagation.lrp_plan import plan_for
 from workers.explainers.registry import register
 
 REFERENCE_SIDE = 224
@@ -79,6 +80,7 @@ def gradcam_lrp(
     progress(1, 2)
     cam = normalise(upsample(cams.float(), size))
     cam = torch.where(cam >= threshold, cam, torch.zeros_like(cam))
+    checked = plan_for(handle.model, composite, 1e-6, handle.mean, handle.std).validated
     relevance, _ = lrp_relevance(handle, inputs, targets, composite=composite)
     pixel = relevance.sum(dim=1).float()
     if lrp_positive:
@@ -93,6 +95,6 @@ def gradcam_lrp(
         base=base,
         composite=composite,
         sigma=blur,
-        forward_passes=2,
+        forward_passes=2 if checked else 3,  # a plan's first call checks the merge
         backward_passes=2,
     )

@@ -117,6 +117,7 @@ def lrp(
     progress: ProgressFn = no_progress,
 ) -> Explanation:
     """LRP maps ``(B, H, W)``: input relevance summed over channels."""
+    checked = plan_for(handle.model, composite, epsilon, handle.mean, handle.std).validated
     relevance, logits = lrp_relevance(handle, inputs, targets, composite=composite, epsilon=epsilon)
     targets = resolve_targets(targets, logits)
     saliency = relevance.sum(dim=1).float()
@@ -126,7 +127,7 @@ def lrp(
     meta = [
         {
             "composite": composite,
-            "forward_passes": 1,
+            "forward_passes": 1 if checked else 2,  # a plan's first call checks the merge
             "backward_passes": 1,
             "relevance_total": total,
             "target_logit": score,
