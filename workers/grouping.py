@@ -23,13 +23,15 @@ GroupKey = tuple[str, str, str]
 def effective_params(
     method: str, raw: dict[str, Any] | None, default_max_batch_size: int
 ) -> dict[str, Any]:
-    """The validated parameters of ``method`` with ``max_batch_size`` filled in when None.
+    """The validated parameters of ``method``, ``max_batch_size`` the worker's when None and
+    at most the worker's (a chunk never exceeds what the worker was sized for).
 
     Raises ``KeyError`` for an unknown method and ``pydantic.ValidationError`` for bad values.
     """
     values = parse_params(method, raw).model_dump(mode="json")
-    if "max_batch_size" in values and values["max_batch_size"] is None:
-        values["max_batch_size"] = default_max_batch_size
+    if "max_batch_size" in values:
+        asked = values["max_batch_size"]
+        values["max_batch_size"] = min(asked or default_max_batch_size, default_max_batch_size)
     return values
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from app.contract.jobs import Prediction, WorkerResult
 from app.contract.metrics import evaluation_passes
+from workers.batcher import is_out_of_memory
 from workers.explainers import Cancelled, ModelHandle, ProgressFn, get_explainer
 from workers.explainers.base import TOP1, no_progress
 from workers.explainers.postprocess import normalise, upsample
@@ -192,17 +193,28 @@ class ExplainCall:
             return self._call(rows, batch_size)
         except Cancelled:
             raise
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                return self._after_error(rows, batch_size, error)
             return self._after_oom(rows, batch_size)
-        except ValueError as error:  # ExplainerError is a ValueError
-            if len(rows) > 1:
-                return self._one_by_one(rows, batch_size)
-            return {rows[0]: invalid(str(error))}
         except Exception as error:
-            if len(rows) > 1:
-                return self._one_by_one(rows, batch_size)
-            log.exception("event=explainer_crash job_id=%s method=%s", self._ids(rows), self.method)
-            return {rows[0]: internal(f"{self.method} failed: {type(error).__name__}: {error}")}
+            return self._after_error(rows, batch_size, error)
+
+    def _after_error(
+        self, rows: list[int], batch_size: int | None, error: Exception
+    ) -> dict[int, RowOutput]:
+        """Re-run a failed group one row at a time; a lone row gets its problem."""
+        if len(rows) > 1:
+            return self._one_by_one(rows, batch_size)
+        if isinstance(error, ValueError):  # ExplainerError is a ValueError
+            return {rows[0]: invalid(str(error))}
+        log.error(
+            "event=explainer_crash job_id=%s method=%s",
+            self._ids(rows),
+            self.method,
+            exc_info=error,
+        )
+        return {rows[0]: internal(f"{self.method} failed: {type(error).__name__}: {error}")}
 
     def _call(self, rows: list[int], batch_size: int | None) -> dict[int, RowOutput]:
         params = dict(self.params)
@@ -249,7 +261,7 @@ class ExplainCall:
         if len(rows) > 1:
             half = len(rows) // 2
             return {**self.run(rows[:half], batch_size), **self.run(rows[half:], batch_size)}
-        return {rows[0]: internal("out of device memory even with one sample per forward pass")}
+        return {rows[0]: internal("out of memory even with one sample per forward pass")}
 
     def _one_by_one(self, rows: list[int], batch_size: int | None) -> dict[int, RowOutput]:
         out: dict[int, RowOutput] = {}

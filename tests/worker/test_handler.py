@@ -194,23 +194,27 @@ class Small(nn.Module):
     """The tiny CNN on a device that runs out of memory above ``limit`` samples per forward
     in inference mode (perturbation passes); ``limit=0`` means always."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, cpu: bool = False) -> None:
         super().__init__()
         self.net = build()
         self.features = self.net.features
         self.limit = limit
+        self.cpu = cpu
         self.sizes: list[int] = []
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_inference_mode_enabled():
             self.sizes.append(x.shape[0])
+            if x.shape[0] > self.limit and self.cpu:
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory (simulated)")
             if x.shape[0] > self.limit:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return self.net(x)
 
 
-def test_out_of_memory_halves_the_batch_until_it_fits() -> None:
-    model = Small(limit=4)
+@pytest.mark.parametrize("cpu", [False, True])
+def test_out_of_memory_halves_the_batch_until_it_fits(cpu: bool) -> None:
+    model = Small(limit=4, cpu=cpu)
     handle = make_handle(model)
     params = {"window": 8, "stride": 8, "max_batch_size": 16}
     jobs = [make_job("occlusion", params, n=i) for i in range(2)]
@@ -231,17 +235,18 @@ def test_out_of_memory_halves_the_batch_until_it_fits() -> None:
         np.testing.assert_allclose(outcome.heatmap, expected, atol=1e-5)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("cpu", [False, True])
 def test_out_of_memory_at_one_sample_fails_the_job_not_the_process(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, cpu: bool
 ) -> None:
-    model = Small(limit=0)
+    model = Small(limit=0, cpu=cpu)
     outcomes = run_group(
         context(make_handle(model)),
         [make_job("occlusion", {"window": 8, "stride": 8, "max_batch_size": 8})],
         [random_png(1)],
     )
     assert outcomes[0].problem is not None and outcomes[0].problem.status == 500
-    assert "out of device memory" in outcomes[0].problem.detail
+    assert "out of memory" in outcomes[0].problem.detail
     tried = [r.getMessage().rsplit("=", 1)[1] for r in caplog.records if "out_of_memory" in r.msg]
     assert tried == ["8", "4", "2", "1"]
 

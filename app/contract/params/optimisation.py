@@ -9,13 +9,18 @@ papers' settings.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from app.contract.cost import Passes
 from app.contract.jobs import ModelInfo
 from app.contract.params.common import BatchParams, MethodSpec, SeedParams
+
+MAX_KERNEL_REACH = 22
+"""Grid cells a smooth mask's kernel may reach from a pixel, ``1 + ⌈σ / step⌉`` (TorchRay's
+defaults: 4; ``step = 1, σ = 21``: 22, the finest mask worth its cost)."""
 
 CIRCLE_INIT_PASSES = 35
 """Forward passes of meaningful perturbation's disc search beyond the clean pass (35 radii)."""
@@ -165,6 +170,16 @@ class ExtremalPerturbationParams(OptimisationParams):
         """The clean pass, then a forward and backward per iteration and area."""
         steps = self.iterations * len(self.areas)
         return Passes(1 + steps, steps)
+
+    @model_validator(mode="after")
+    def _kernel_reach(self) -> ExtremalPerturbationParams:
+        reach = 1 + math.ceil(self.sigma / self.step)
+        if reach > MAX_KERNEL_REACH:
+            raise ValueError(
+                f"sigma {self.sigma:g} over step {self.step} reaches {reach} grid cells around "
+                f"each pixel (at most {MAX_KERNEL_REACH}): raise `step` or lower `sigma`"
+            )
+        return self
 
     def check_model(self, model: ModelInfo) -> None:
         """The parameter grid must have at least one cell per side."""

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tests.explainers.optimisation.optimisation_models import MEAN, STD
@@ -138,17 +139,18 @@ def test_smooth_mask_of_one_grid_point_is_a_flat_topped_blob() -> None:
     assert blob.argmax().item() in torch.nonzero((distance <= 4.0).flatten()).flatten().tolist()
 
 
-@pytest.mark.parametrize("band", [1, 3, 100])
-def test_softmax_pool_equals_the_autograd_expression(band: int) -> None:
+@pytest.mark.parametrize(("band", "samples"), [(1, 2), (3, 1), (100, 2)])
+def test_softmax_pool_equals_the_autograd_expression(band: int, samples: int) -> None:
     generator = torch.Generator().manual_seed(0)
-    patches = torch.rand(2, 9, 5, 4, generator=generator, dtype=torch.float64)
+    params = torch.rand(2, 1, 5, 4, generator=generator, dtype=torch.float64)
     kernel = torch.rand(1, 9, 1, 3, 1, 3, generator=generator, dtype=torch.float64)
     upstream = torch.randn(2, 5, 3, 4, 3, generator=generator, dtype=torch.float64)
-    ours_in = patches.clone().requires_grad_(True)
-    ours = _SoftmaxPool.apply(ours_in, kernel, 20.0, band)
+    ours_in = params.clone().requires_grad_(True)
+    ours = _SoftmaxPool.apply(ours_in, kernel, 20.0, band, 1, samples)
     (ours_grad,) = torch.autograd.grad((ours * upstream).sum(), ours_in)
-    ref_in = patches.clone().requires_grad_(True)
-    weighted = ref_in[:, :, :, None, :, None] * kernel
+    ref_in = params.clone().requires_grad_(True)
+    patches = F.unfold(ref_in, 3, padding=1).view(2, 9, 5, 4)  # the whole unfold, as autograd
+    weighted = patches[:, :, :, None, :, None] * kernel
     ref = (weighted * torch.softmax(20.0 * weighted, dim=1)).sum(dim=1)
     (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), ref_in)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)

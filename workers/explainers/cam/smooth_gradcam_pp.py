@@ -15,8 +15,9 @@ maps) and ``neuron`` (Ω = one position ``(i, j)`` of the layer's grid, so only 
 gradients define the weights). ``D2`` in the numerator (the paper prints ``D1``, which is not
 Grad-CAM++); the paper-form denominator; ``D1`` in the ReLU term. Defaults (spec, not the
 paper's unverified values): ``n = 25``, ``σ = 0.15·(x_max − x_min)`` per image in model-input
-space. The noise ``z_m`` is drawn once from ``seed`` and shared by every image (scaled by its
-own σ), so a map does not depend on the batch or on ``max_batch_size``. Cost: 1 forward +
+space. The noise ``z_m`` is drawn from ``seed`` in blocks of about 16 MB (only the blocks a
+chunk needs are held) and shared by every image (scaled by its own σ), so a map does not
+depend on the batch, on ``max_batch_size`` or on ``n``'s other samples. Cost: 1 forward +
 n × (forward + backward) per image, filled into passes of ``max_batch_size`` (default 64).
 """
 
@@ -48,12 +49,36 @@ from workers.explainers.cam.formulas import (
 )
 from workers.explainers.registry import register
 
+NOISE_ELEMENTS = 1 << 22
+"""Noise values drawn at a time: samples come in blocks of ``NOISE_ELEMENTS // (C·H·W)``."""
 
-def noise(inputs: Tensor, n_samples: int, seed: int) -> Tensor:
-    """``n_samples`` standard normal images ``(n, C, H, W)`` from ``seed`` on the inputs' device."""
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    shape = (n_samples, *inputs.shape[1:])
-    return torch.randn(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+
+class NoiseSource:
+    """Standard normal images ``z_m`` ``(C, H, W)``, drawn a block at a time on the inputs'
+    device: block ``b`` from the generator seeded ``seed + b·2³¹``, so ``z_m`` depends only on
+    ``seed``, ``m`` and the device, never on ``n_samples`` or ``max_batch_size``."""
+
+    def __init__(self, like: Tensor, seed: int) -> None:
+        self.shape, self.seed = tuple(like.shape[1:]), seed
+        self.device, self.dtype = like.device, like.dtype
+        self.per_block = max(1, NOISE_ELEMENTS // max(1, like[0].numel()))
+        self._block, self._values = -1, like.new_empty(0)
+
+    def take(self, samples: Tensor) -> Tensor:
+        """``(len(samples), C, H, W)``: ``z`` of the given sample indices."""
+        out = torch.empty(len(samples), *self.shape, device=self.device, dtype=self.dtype)
+        for block in samples.div(self.per_block, rounding_mode="floor").unique().tolist():
+            if block != self._block:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(self.seed + block * 2**31)
+                shape = (self.per_block, *self.shape)
+                self._values = torch.randn(
+                    shape, generator=generator, device=self.device, dtype=self.dtype
+                )
+                self._block = block
+            mine = samples // self.per_block == block
+            out[mine] = self._values[samples[mine] - block * self.per_block]
+        return out
 
 
 def gradient_moments(
@@ -63,18 +88,19 @@ def gradient_moments(
     name: str,
     module: nn.Module,
     spreads: Tensor,
-    z: Tensor,
+    z: NoiseSource,
+    n_samples: int,
     max_batch_size: int,
     progress: ProgressFn,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``D1, D2, D3`` ``(B, K, h, w)``: means of ``g, g², g³`` over the noisy copies."""
-    n_samples, batch = z.shape[0], inputs.shape[0]
+    batch = inputs.shape[0]
     total = batch * n_samples
     sums: list[Tensor] = []
     for chunk in iter_chunks(total, max_batch_size):
         index = torch.arange(chunk.start, chunk.stop, device=inputs.device)
         image, sample = index // n_samples, index % n_samples
-        noisy = inputs[image] + spreads[image].view(-1, 1, 1, 1) * z[sample]
+        noisy = inputs[image] + spreads[image].view(-1, 1, 1, 1) * z.take(sample)
         g = layer_gradients(handle, noisy, targets[image], [name], [module]).gradients[0]
         g2 = g * g
         if not sums:
@@ -107,10 +133,11 @@ def smooth_gradcam_pp_maps(
     targets = resolve_targets(targets, logits)
     keep, where = mode_masks(A, mode, channels, neuron)
     spreads = sigma * (inputs.flatten(1).amax(dim=1) - inputs.flatten(1).amin(dim=1))
-    z = noise(inputs, n_samples, seed)
+    z = NoiseSource(inputs, seed)
     d1, d2, d3 = gradient_moments(
-        handle, inputs, targets, names[0], modules[0], spreads, z, max_batch_size or 64, progress
-    )
+        handle, inputs, targets, names[0], modules[0], spreads, z, n_samples,
+        max_batch_size or 64, progress,
+    )  # fmt: skip
     weights = gradcam_pp_weights_from_moments(A, d1, d2, d3, where)
     if keep is not None:
         weights = weights * keep.to(weights.dtype)

@@ -32,8 +32,10 @@ LossFn = Callable[[Tensor, Tensor, int], Tensor]
 PROGRESS_EVERY = 10
 """Iterations between two progress reports (cancellation is honoured at each report)."""
 
-PROGRESS_SECONDS = 1.0
-"""...or sooner, when an iteration ends this long after the last report (slow models)."""
+PROGRESS_SECONDS = 0.05
+"""...or sooner, when an iteration ends this long after the last report (slow models): a
+report is where the worker's scheduler gives other jobs their turn, so it bounds how long a
+cheap job waits for an optimisation's chunk."""
 
 
 @dataclass(frozen=True)

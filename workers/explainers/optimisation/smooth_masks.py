@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from workers.explainers.optimisation.filters import gaussian_blur
@@ -62,10 +61,9 @@ class SmoothMaskGenerator:
 
     def __call__(self, params: Tensor) -> Tensor:
         """The masks of ``params`` (differentiable)."""
-        n, span = params.shape[0], 2 * self.radius + 1
+        n = params.shape[0]
         rows, cols = self.grid
-        patches = F.unfold(params, span, padding=self.radius)  # (N, span², gh·gw)
-        pooled = softmax_pool(patches.view(n, span * span, rows, cols), self.kernel, COLDNESS)
+        pooled = softmax_pool(params, self.kernel, COLDNESS, self.radius)
         canvas = pooled.reshape(n, 1, rows * self.step, cols * self.step)
         top, left = self.crop
         height, width = self.size
