@@ -6,7 +6,9 @@
 * At scrape time, from Redis: ``xplain_queue_depth{lane}`` (entries in the lane stream, queued
   or in flight), ``xplain_workers_live``, ``xplain_redis_up``, and the counters and histograms
   the workers add to the ``metrics`` hash (docs/PROTOCOL.md): ``xplain_jobs_total{method,status}``,
-  ``xplain_job_seconds{method}`` and ``xplain_batch_size``.
+  ``xplain_job_seconds{method}``, ``xplain_batch_size`` and the batchers' counters
+  ``xplain_forward_passes_total``, ``xplain_forward_rows_total``,
+  ``xplain_forward_shared_passes_total``.
 """
 
 from __future__ import annotations
@@ -147,6 +149,19 @@ def worker_families(values: dict[str, float]) -> Iterator[Metric]:
     if batch_buckets:
         batch.add_metric([], _sorted_buckets(batch_buckets), sum_value=batch_sum)
     yield batch
+    for key, name, text in FORWARD_COUNTERS:
+        counter = CounterMetricFamily(name, text)
+        counter.add_metric([], values.get(key, 0.0))
+        yield counter
+
+
+FORWARD_COUNTERS = (
+    ("forward_passes_total", "xplain_forward_passes", "Gradient-free forward passes the "
+     "workers' batchers ran (rows of any number of jobs each)."),
+    ("forward_rows_total", "xplain_forward_rows", "Rows (images) in those passes."),
+    ("forward_shared_passes_total", "xplain_forward_shared_passes",
+     "Of those passes, the ones that carried rows of several jobs."),
+)  # fmt: skip
 
 
 def _sorted_buckets(buckets: dict[str, float]) -> list[tuple[str, float]]:

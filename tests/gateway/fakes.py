@@ -33,8 +33,13 @@ from app.contract.keys import GROUP, LANES, Keys
 LABELS = ["disc", "square", "triangle"]
 
 
-def model_info(name: str = "shapes", size: tuple[int, int] = (8, 8)) -> ModelInfo:
-    """A small announced model: 3 classes, two layers."""
+def model_info(
+    name: str = "shapes",
+    size: tuple[int, int] = (8, 8),
+    forward_ms: float = 1.0,
+    gradient_ms: float = 3.0,
+) -> ModelInfo:
+    """A small announced model: 3 classes, two layers, measured pass times."""
     return ModelInfo(
         name=name,
         input_size=size,
@@ -45,6 +50,9 @@ def model_info(name: str = "shapes", size: tuple[int, int] = (8, 8)) -> ModelInf
         default_layer="features.4",
         layers=["features.0", "features.4"],
         architecture="tiny-cnn",
+        layer_channels={"features.0": 8, "features.4": 16},
+        forward_ms=forward_ms,
+        gradient_ms=gradient_ms,
     )
 
 

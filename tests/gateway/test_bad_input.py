@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import time
 import zlib
@@ -248,6 +249,42 @@ def test_queue_full_is_503_with_retry_after(make_gateway: Callable[..., Gateway]
     assert body["type"] == "/problems/queue-full"
     assert int(response.headers["retry-after"]) >= 1
     assert gateway.redis.xlen(gateway.keys.stream("fast")) == 2
+
+
+def test_retry_after_of_a_full_lane_comes_from_its_backlog_of_work(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway(max_queue_depth=3)
+    gateway.announce()  # forward 1 ms per image: RISE with n masks costs (n + 1) ms
+    for masks in (19_999, 39_999, 59_999):  # 20 s, 40 s and 60 s of estimated work
+        params = json.dumps({"n_masks": masks})
+        assert post_image(gateway, method="rise", params=params, wait="0").status_code == 202
+    response = post_image(gateway, method="rise", params='{"n_masks": 100}', wait="0")
+    body = problem(response, 503)
+    # One job must finish before there is room: the lane's mean 40 s per job, one worker.
+    assert response.headers["retry-after"] == "40" and body["retry_after"] == 40
+    assert "about 120 s of estimated work" in body["detail"]
+
+
+def test_a_job_over_the_cost_cap_is_refused_before_queueing(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway(max_job_cost=30.0)
+    gateway.announce()  # forward 1 ms, forward + backward 3 ms per image
+    response = post_image(gateway, method="rise", params='{"n_masks": 40000}', wait="0")
+    body = problem(response, 422)
+    assert body["type"] == "/problems/job-too-costly"
+    assert body["cost"] == {"forward_passes": 40001, "backward_passes": 0, "seconds": 40.001}
+    assert body["max_cost"] == 30.0
+    assert "40.0 s of worker compute (40001 forward passes)" in body["detail"]
+    assert "XPLAIN_MAX_JOB_COST" in body["detail"]
+    assert gateway.redis.xlen(gateway.keys.stream("slow")) == 0
+    # Just under the cap, with the metrics it asks for: queued, its cost on the job.
+    params = json.dumps({"n_masks": 9000})
+    accepted = post_image(gateway, method="rise", params=params, evaluate="deletion", wait="0")
+    assert accepted.status_code == 202, accepted.text
+    cost = gateway.http.get(accepted.headers["location"]).json()["cost"]
+    assert cost == {"forward_passes": 9001 + 65, "backward_passes": 0, "seconds": 9.066}
 
 
 def test_no_worker_is_503_with_retry_after(gateway: Gateway) -> None:
