@@ -74,13 +74,19 @@ class Settings(BaseSettings):
         description="Rows per forward pass on this worker: the batcher packs the rows of "
         "every job into passes of at most this size, and no job's chunk is larger.",
     )
+    pass_budget_ms: float = Field(
+        25.0,
+        description="Longest a packed forward pass should take (from the measured time per "
+        "row; never under an eighth of the batch size): bounds how long any job waits for "
+        "the pass that is running. A GPU's full batch fits; on a CPU passes get shorter.",
+    )
     drain_s: float = Field(
         10.0,
         description="On SIGTERM, jobs whose estimated remaining work fits in this many "
         "seconds finish; the others are handed back to the queue at their next chunk.",
     )
     scheduler_ageing: float = Field(
-        1.0,
+        0.1,
         description="Seconds of priority a waiting task gains per second waited (the "
         "scheduler runs the least remaining estimated work first; ageing prevents starvation).",
     )

@@ -24,10 +24,8 @@ import argparse
 import asyncio
 import io
 import os
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,49 +33,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
-import redis
 from PIL import Image
+
+from benchmarks.stack import Stack, running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "service.md"
 DEMO_JSON = REPO / "workers" / "assets" / "shapes.json"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Any, timeout: float, what: str) -> None:
-    """Poll ``check()`` until truthy, else raise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception:  # not up yet
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @dataclass
-class Stack:
-    """The running service."""
+class Service:
+    """The running stack and the model it serves."""
 
-    url: str
+    stack: Stack
     models_file: str | None
     model: str
-    workdir: Path
-    pids: dict[str, int]
-    """redis, worker, gateway -> process id."""
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL."""
+        return self.stack.url
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of redis, worker and gateway."""
+        return self.stack.pids
+
+    @property
+    def workdir(self) -> Path:
+        """Where the logs go."""
+        return self.stack.workdir
 
 
 def choose_model(workdir: Path, wanted: str) -> tuple[str, str | None, str]:
@@ -94,65 +83,15 @@ def choose_model(workdir: Path, wanted: str) -> tuple[str, str | None, str]:
 
 
 @contextmanager
-def running_stack(model: str, threads: int) -> Iterator[Stack]:
+def running_service(model: str, threads: int) -> Iterator[Service]:
     """redis-server, one worker and the gateway as subprocesses; stopped on exit."""
-    workdir = Path(tempfile.mkdtemp(prefix="xplain-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix="xplain-bench-models-"))
     name, models_file, _ = choose_model(workdir, model)
-    redis_port, http_port = free_port(), free_port()
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        raise SystemExit("redis-server is not installed")
-    env = {
-        **os.environ,
-        "XPLAIN_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "XPLAIN_TORCH_THREADS": str(threads),
-        "XPLAIN_MAX_QUEUE_DEPTH": "10000",
-        "XPLAIN_WORKER_NAME": "bench",
-    }
+    env = {"XPLAIN_TORCH_THREADS": str(threads), "XPLAIN_WORKER_NAME": "bench"}
     if models_file:
         env["XPLAIN_MODELS_FILE"] = models_file
-    processes: list[subprocess.Popen[bytes]] = []
-    pids: dict[str, int] = {}
-
-    def spawn(args: list[str], name: str) -> None:
-        out = (workdir / f"{name}.log").open("wb")
-        process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        processes.append(process)
-        pids[name] = process.pid
-
-    try:
-        spawn(
-            [redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-            "redis",
-        )
-        client = redis.Redis(port=redis_port)
-        wait_until(client.ping, 10, "redis")
-        spawn([sys.executable, "-m", "workers"], "worker")
-        spawn(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app.main:app",
-                "--port",
-                str(http_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            "gateway",
-        )
-        url = f"http://127.0.0.1:{http_port}"
-        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 120, "the service")
-        yield Stack(url, models_file, name, workdir, pids)
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with running_stack(env) as stack:
+        yield Service(stack, models_file, name)
 
 
 def test_image(width: int = 112, height: int = 112) -> bytes:
@@ -211,7 +150,7 @@ class InProcess:
         return time.perf_counter() - started
 
 
-def sync_client(stack: Stack) -> httpx.Client:
+def sync_client(stack: Service) -> httpx.Client:
     """A keep-alive client with ``TCP_NODELAY``, as the async client has by default.
 
     Without it a multipart POST (headers and body written separately) waits for the server's
@@ -228,7 +167,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot(stack: Stack) -> dict[str, float]:
+def cpu_snapshot(stack: Service) -> dict[str, float]:
     """CPU seconds of every part of the stack, and of this process (the clients)."""
     snapshot = {name: cpu_seconds(pid) for name, pid in stack.pids.items()}
     snapshot["clients"] = sum(os.times()[:2])
@@ -270,7 +209,7 @@ FORMS = (("small", "json"), ("small", "json+rows"), ("small", "png"), ("photo", 
 
 
 def measure_overhead(
-    stack: Stack, local: InProcess, n: int
+    stack: Service, local: InProcess, n: int
 ) -> tuple[dict[tuple[str, str], dict[str, float]], dict[str, float]]:
     """Per (upload, response form): latency, in-process compute and overhead percentiles
     (ms); and, from the small JSON answers' timings, p50 of where a request's time goes."""
@@ -311,7 +250,7 @@ def measure_overhead(
     return out, {name: percentile(values, 50) for name, values in parts.items()}
 
 
-def gateway_intake(stack: Stack, image: bytes, n: int) -> float:
+def gateway_intake(stack: Service, image: bytes, n: int) -> float:
     """p50 (ms) of ``POST`` with ``wait=0``: the gateway's intake alone (answers 202)."""
     times = []
     with sync_client(stack) as client:
@@ -351,7 +290,9 @@ async def client_loop(
     return done
 
 
-async def throughput(stack: Stack, image: bytes, clients: int, seconds: float) -> dict[str, float]:
+async def throughput(
+    stack: Service, image: bytes, clients: int, seconds: float
+) -> dict[str, float]:
     """Requests per second with ``clients`` concurrent clients, and the mean group size."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=stack.url, timeout=120, limits=limits) as client:
@@ -483,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="auto", choices=["auto", "shapes", "tiny"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    with running_stack(args.model, args.threads) as stack:
+    with running_service(args.model, args.threads) as stack:
         _, _, description = choose_model(stack.workdir, args.model)
         image = test_image(*UPLOADS["small"])
         local = InProcess(stack.models_file, stack.model, args.threads)

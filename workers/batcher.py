@@ -79,14 +79,37 @@ class BatchStats:
 
 
 class Batcher:
-    """One model's pending requests and the packed forward passes that serve them."""
+    """One model's pending requests and the packed forward passes that serve them.
 
-    def __init__(self, model: nn.Module, batch_size: int, channels_last: bool) -> None:
+    A pass carries at most ``batch_size`` rows, and at most what fits in ``pass_budget_s``
+    at the measured time per row (but never fewer than ``batch_size // 8``): on a GPU a full
+    batch takes milliseconds; on a CPU, where a pass's time grows with its rows, shorter passes
+    cost little throughput and keep every job's wait for the running pass short.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch_size: int,
+        channels_last: bool,
+        pass_budget_s: float = float("inf"),
+    ) -> None:
         self.model = model
         self.batch_size = max(1, batch_size)
         self.channels_last = channels_last
+        self.pass_budget_s = pass_budget_s
         self.pending: list[Request] = []
         self.stats = BatchStats()
+        self.row_s = 0.0
+        """Running estimate of a pass's seconds per row (0: not measured yet)."""
+
+    @property
+    def pass_rows(self) -> int:
+        """Rows the next pass may carry."""
+        if self.row_s <= 0 or self.pass_budget_s == float("inf"):
+            return self.batch_size
+        fits = int(self.pass_budget_s / self.row_s)
+        return max(1, self.batch_size // 8, min(self.batch_size, fits))
 
     def add(self, request: Request) -> None:
         """Queue ``request``; an empty one is answered at once."""
@@ -109,7 +132,7 @@ class Batcher:
         """One forward pass: rows of ``order[0]`` first, then of the others that may share it,
         in order, up to the batch size. Returns the requests that finished."""
         first = order[0]
-        room, take = self.batch_size, []
+        room, take = self.pass_rows, []
         for request in order:
             if request.finished or room == 0:
                 continue
@@ -135,7 +158,10 @@ class Batcher:
             except Exception as error:
                 self._after_failure(take, error)
                 return
-        self.stats.seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.stats.seconds += seconds
+        per_row = seconds / max(1, x.shape[0])
+        self.row_s = per_row if self.row_s <= 0 else 0.8 * self.row_s + 0.2 * per_row
         self.stats.passes += 1
         self.stats.rows += x.shape[0]
         owners = {id(request.owner) for request, _, _ in take}

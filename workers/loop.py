@@ -71,10 +71,11 @@ class Worker:
         *,
         block_ms: int = 1000,
         recover_interval_s: float = 2.0,
-        claim_interval_s: float = 0.05,
+        claim_interval_s: float = 0.01,
         progress_interval_s: float = 0.2,
         drain_s: float = 10.0,
-        ageing: float = 1.0,
+        ageing: float = 0.1,
+        pass_budget_s: float = float("inf"),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runtime = runtime
@@ -86,9 +87,15 @@ class Worker:
         self.progress_interval_s = progress_interval_s
         self.drain_s = drain_s
         self.clock = clock
-        self.scheduler = Scheduler(runtime.max_batch_size, ageing=ageing, clock=clock)
+        self.scheduler = Scheduler(
+            runtime.max_batch_size, ageing=ageing, pass_budget_s=pass_budget_s, clock=clock
+        )
         self.handles: dict[str, ModelHandle] = {
-            name: replace(handle, evaluator=partial(self.scheduler.evaluate, handle.model))
+            name: replace(
+                handle,
+                evaluator=partial(self.scheduler.evaluate, handle.model),
+                offloader=self.scheduler.offload,
+            )
             for name, handle in runtime.models.items()
         }
         self.jobs_done = 0

@@ -79,6 +79,7 @@ def serve(settings: Settings, stop: threading.Event) -> int:
         recover_interval_s=settings.heartbeat_interval_s,
         drain_s=settings.drain_s,
         ageing=settings.scheduler_ageing,
+        pass_budget_s=settings.pass_budget_ms / 1000.0,
     )
     heartbeat = Heartbeat(worker, settings.heartbeat_interval_s)
     while not stop.is_set():  # the first announcement waits for Redis

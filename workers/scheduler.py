@@ -6,7 +6,9 @@ thread) hands a task the baton and waits until the task gives it back at a *yiel
 
 * :meth:`Scheduler.pause` — a chunk boundary (the explainer's progress callback);
 * :meth:`Scheduler.evaluate` — a gradient-free forward pass: the rows go to the model's
-  :class:`~workers.batcher.Batcher` and the task waits until a packed pass has computed them.
+  :class:`~workers.batcher.Batcher` and the task waits until a packed pass has computed them;
+* :meth:`Scheduler.offload` — CPU work that never touches a model (LIME's superpixels): the
+  task gives the baton back, does the work beside the others, and waits for its next turn.
 
 So explainers stay plain sequential code, torch's per-thread state (grad mode, inference mode)
 stays with each task, and no two tasks ever touch a model at the same time.
@@ -36,7 +38,10 @@ from torch import Tensor, nn
 from workers.batcher import Batcher, Request
 from workers.explainers.forward import forward_logits, prefers_channels_last
 
-READY, WAITING, DONE = "ready", "waiting", "done"
+READY, WAITING, ASIDE, DONE = "ready", "waiting", "aside", "done"
+
+IDLE_WAIT_S = 0.02
+"""Longest a step waits for work set aside when there is nothing else to run."""
 
 LIGHT_TURN_S = 0.002
 """A turn this short (or a quarter of a forward pass) is worth running before a pass that has
@@ -83,16 +88,20 @@ class Scheduler:
         self,
         batch_size: int,
         *,
-        ageing: float = 1.0,
+        ageing: float = 0.1,
+        pass_budget_s: float = float("inf"),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batch_size = batch_size
         self.ageing = ageing
+        self.pass_budget_s = pass_budget_s
         self.clock = clock
         self.tasks: list[Task] = []
         self.batchers: dict[int, Batcher] = {}
         self._back = threading.Semaphore(0)
         self._local = threading.local()
+        self._wake = threading.Event()
+        """Set when work set aside comes back (the main thread may be waiting for it)."""
 
     # --- the main thread ------------------------------------------------------------------
 
@@ -119,6 +128,9 @@ class Scheduler:
         own for the same pass.
         """
         candidates = [t for t in self.tasks if t.state == READY or self._can_serve(t)]
+        if not candidates and any(t.state == ASIDE for t in self.tasks):
+            self._wake.wait(IDLE_WAIT_S)  # nothing to do until work set aside comes back
+            self._wake.clear()
         if candidates:
             now = self.clock()
             top = min(candidates, key=lambda t: self.key(t, now))
@@ -170,6 +182,23 @@ class Scheduler:
         task.state = READY
         self._yield(task)
 
+    def offload(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` in the calling task's thread without the baton (other tasks run
+        meanwhile), then wait for the task's next turn; ``work`` must not touch a model."""
+        task = self.current()
+        if task is None:
+            return work()
+        task.state = ASIDE
+        self._back.release()
+        try:
+            return work()
+        finally:
+            task.state = READY
+            self._wake.set()
+            task._go.acquire()
+            if task.interrupt is not None:
+                raise task.interrupt
+
     def evaluate(self, model: nn.Module, inputs: Tensor, precision: str = "float32") -> Tensor:
         """Logits of ``inputs`` from packed forward passes (the calling task waits for them)."""
         task = self.current()
@@ -193,7 +222,9 @@ class Scheduler:
     def _batcher(self, model: nn.Module) -> Batcher:
         batcher = self.batchers.get(id(model))
         if batcher is None:
-            batcher = Batcher(model, self.batch_size, prefers_channels_last(model))
+            batcher = Batcher(
+                model, self.batch_size, prefers_channels_last(model), self.pass_budget_s
+            )
             self.batchers[id(model)] = batcher
         return batcher
 
@@ -205,7 +236,7 @@ class Scheduler:
         request = top.request
         assert request is not None
         batcher = self._owner_batcher(request)
-        if sum(r.rows - r.done for r in batcher.pending) >= batcher.batch_size:
+        if sum(r.rows - r.done for r in batcher.pending) >= batcher.pass_rows:
             return None
         light_s = max(LIGHT_TURN_S, 0.25 * batcher.mean_pass_s())
         joiners = [

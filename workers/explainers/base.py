@@ -22,6 +22,8 @@ An explainer is a plain function registered under its client-facing name::
 * No-grad model evaluations go through ``handle.evaluate(x)`` (never ``handle.model(x)``
   under ``inference_mode``): in the worker that call hands the rows to the model's batcher,
   which packs the rows of many jobs into one forward pass (and also yields to the scheduler).
+  Long CPU work that does not touch the model goes through ``handle.offload(work)``, which
+  the worker runs beside the other jobs' turns.
 
 It returns an :class:`Explanation`: ``saliency`` ``(B, H, W)`` float32 at input resolution,
 where larger means "drove the target score more" (sign kept, not normalised: the worker
@@ -42,6 +44,8 @@ from workers.explainers.forward import forward_logits, prefers_channels_last
 ProgressFn = Callable[[int, int], None]
 EvaluateFn = Callable[[Tensor, str], Tensor]
 """``(inputs (n, C, H, W), precision) -> float32 logits (n, K)``, no gradient."""
+OffloadFn = Callable[[Callable[[], Any]], Any]
+"""Runs CPU work that never touches the model and returns its result."""
 
 TOP1 = -1
 """A target meaning "the row's top-1 class on the clean input"."""
@@ -76,6 +80,8 @@ class ModelHandle:
     architecture: str = ""
     evaluator: EvaluateFn | None = field(default=None, repr=False, compare=False)
     """Where :meth:`evaluate` sends its rows (the worker's batcher); None: run them here."""
+    offloader: OffloadFn | None = field(default=None, repr=False, compare=False)
+    """Where :meth:`offload` runs CPU work (the worker's scheduler); None: here."""
     _auto_layer: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -93,6 +99,13 @@ class ModelHandle:
         if self.evaluator is not None:
             return self.evaluator(inputs, precision)
         return forward_logits(self.model, inputs, precision, prefers_channels_last(self.model))
+
+    def offload(self, work: Callable[[], Any]) -> Any:
+        """``work()``: CPU work that never touches the model (superpixels, say). In the worker
+        it runs beside other jobs' turns instead of holding the model while it computes."""
+        if self.offloader is not None:
+            return self.offloader(work)
+        return work()
 
     def mean_std(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std as ``(1, C, 1, 1)`` tensors matching ``like``'s device and dtype."""

@@ -197,7 +197,8 @@ def lime(
     batch, size = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
     if num_samples < 2 or kernel_width <= 0 or alpha <= 0:
         raise ExplainerError("LIME needs num_samples ≥ 2, kernel_width > 0 and alpha > 0")
-    labels, counts = superpixels(handle.to_display(inputs), segmentation, segments, seed)
+    display = handle.to_display(inputs)
+    labels, counts = handle.offload(lambda: superpixels(display, segmentation, segments, seed))
     width, device = max(counts), inputs.device
     sources = [SampleSource(count, seed) for count in counts]
     moments = RidgeMoments(batch, width, device)
