@@ -6,6 +6,7 @@ python scripts/readme_tables.py --write   # replace the README sections between 
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,15 +35,21 @@ def _shown(value: Any) -> str:
 
 
 def methods_table() -> str:
-    """Markdown table: method, family, lane, parameters with defaults, paper."""
-    lines = ["| method | family | lane | parameters (default) | paper |", "|---|---|---|---|---|"]
+    """Markdown table: method, family, lane, passes per image, parameters with defaults, paper."""
+    lines = [
+        "| method | family | lane | passes per image | parameters (default) | paper |",
+        "|---|---|---|---|---|---|",
+    ]
     order = ("perturbation", "optimisation", "gradient", "propagation")
     specs = sorted(method_specs().values(), key=lambda s: (order.index(s.family), s.name))
     for spec in specs:
         params = ", ".join(
             f"`{name}`={_shown(field.default)}" for name, field in spec.params.model_fields.items()
         )
-        lines.append(f"| `{spec.name}` | {spec.family} | {spec.lane} | {params} | {spec.paper} |")
+        cost = (inspect.getdoc(spec.params.passes) or "").replace("\n", " ")
+        lines.append(
+            f"| `{spec.name}` | {spec.family} | {spec.lane} | {cost} | {params} | {spec.paper} |"
+        )
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ down to one before it is given to the request that asked.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -99,6 +100,9 @@ class Batcher:
         self.channels_last = channels_last
         self.pass_budget_s = pass_budget_s
         self.pending: list[Request] = []
+        self.lock = threading.Lock()
+        """Guards ``pending``: a task may add rows while a pass runs (the scheduler overlaps
+        a pass with a turn of a task that touches the model only through its batcher)."""
         self.stats = BatchStats()
         self.row_s = 0.0
         """Running estimate of a pass's seconds per row (0: not measured yet)."""
@@ -145,7 +149,8 @@ class Batcher:
             room -= count
         self._forward(take)
         finished = [r for r, _, _ in take if r.finished]
-        self.pending = [r for r in self.pending if not r.finished]
+        with self.lock:
+            self.pending = [r for r in self.pending if not r.finished]
         return finished
 
     def _forward(self, take: list[tuple[Request, int, int]]) -> None:

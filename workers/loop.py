@@ -332,6 +332,7 @@ class Worker:
             body=lambda: None,
             cost_s=sum(job.cost_s for job in group),
             private=private,
+            pure=self._specs[group[0].method].family == "perturbation",
             context={"jobs": group},
         )
         task.body = partial(self._run_group, task, group)

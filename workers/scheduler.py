@@ -1,8 +1,8 @@
 """Fair scheduling of a worker's claimed work: the chunk is the unit, every job interleaves.
 
 A :class:`Task` is one explainer call (a group of compatible jobs, or one job). Each task runs in
-a thread of its own, but only one thread runs at any time: the scheduler (the worker's main
-thread) hands a task the baton and waits until the task gives it back at a *yield point*:
+a thread of its own, but one at a time: the scheduler (the worker's main thread) hands a task
+the baton and waits until the task gives it back at a *yield point*:
 
 * :meth:`Scheduler.pause` — a chunk boundary (the explainer's progress callback);
 * :meth:`Scheduler.evaluate` — a gradient-free forward pass: the rows go to the model's
@@ -11,7 +11,8 @@ thread) hands a task the baton and waits until the task gives it back at a *yiel
   task gives the baton back, does the work beside the others, and waits for its next turn.
 
 So explainers stay plain sequential code, torch's per-thread state (grad mode, inference mode)
-stays with each task, and no two tasks ever touch a model at the same time.
+stays with each task, and no two threads ever touch a model at the same time (the one overlap,
+below, is with a task that touches models only through the batcher).
 
 Policy, at every step: the most urgent of the tasks that can make progress — ready to run, or
 waiting for rows — by the key ``remaining seconds − ageing × seconds since it last ran``
@@ -58,6 +59,9 @@ class Task:
     """Estimated seconds of the whole call (the cost model)."""
     private: bool = False
     """Never share forward passes (jobs taken over from a worker that died)."""
+    pure: bool = False
+    """Touches models only through :meth:`Scheduler.evaluate` (no hooks, no gradient passes):
+    its turns may run while a forward pass runs."""
     state: str = READY
     fraction: float = 0.0
     """Share of its work the task reported done."""
@@ -252,12 +256,25 @@ class Scheduler:
         return next(b for b in self.batchers.values() if request in b.pending)
 
     def _serve(self, top: Task, now: float) -> None:
-        """One packed forward pass for ``top``'s model, ``top``'s rows first."""
+        """One packed forward pass for ``top``'s model, ``top``'s rows first; meanwhile the
+        most urgent ready *pure* task takes its turn (building its next rows, say) beside it."""
         assert top.request is not None
         batcher = self._owner_batcher(top.request)
-        order = sorted(batcher.pending, key=lambda r: self.key(r.owner, now))  # type: ignore[arg-type]
+        with batcher.lock:
+            order = sorted(batcher.pending, key=lambda r: self.key(r.owner, now))  # type: ignore[arg-type]
         order.remove(top.request)
-        for request in batcher.run([top.request, *order]):
+        partners = [t for t in self.tasks if t.state == READY and t.pure]
+        partner = min(partners, key=lambda t: self.key(t, now)) if partners else None
+        started = self.clock()
+        if partner is not None:
+            partner.last_ran = started
+            partner._go.release()
+        finished = batcher.run([top.request, *order])
+        if partner is not None:
+            self._back.acquire()
+            partner.ran_s += self.clock() - started
+            partner.turns += 1
+        for request in finished:
             owner: Task = request.owner  # type: ignore[assignment]
             owner.state = READY
 

@@ -4,7 +4,8 @@ Models", BMVC 2018; reference code ``eclique/RISE``, TorchRay ``rise``).
 1. Draw ``N = n_masks`` binary grids ``g_i ∈ {0, 1}^{s×s}`` (``s = cells``), each cell 1 with
    probability ``p``, and a random shift ``(dy_i, dx_i) ∈ [0, ⌈H/s⌉) × [0, ⌈W/s⌉)``.
 2. Up-sample each grid bilinearly (``align_corners=False``) to ``(s + 1)·⌈H/s⌉ × (s + 1)·⌈W/s⌉``
-   and crop ``H × W`` at the shift: a smooth mask ``M_i ∈ [0, 1]^{H×W}``.
+   and crop ``H × W`` at the shift: a smooth mask ``M_i ∈ [0, 1]^{H×W}`` (computed as two small
+   matrix products, ``rows_y[dy] · g_i · rows_x[dx]ᵀ``: bilinear up-sampling is separable).
 3. ``P_i = softmax(f(x ⊙ M_i))_c`` (masked pixels go to 0 in model-input space, the mean
    colour, as in the reference code), and
 
@@ -25,10 +26,10 @@ gives the prediction), no gradient.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from workers.explainers.base import (
@@ -104,16 +105,34 @@ class MaskSource:
         return torch.cat(grids), torch.cat(shifts)
 
 
+@functools.lru_cache(maxsize=32)
+def interpolation_rows(cells: int, length: int) -> Tensor:
+    """``(⌈L/s⌉, L, s)``: for every shift, the rows of 1-D bilinear up-sampling of ``s`` values
+    to ``(s + 1)·⌈L/s⌉`` (``align_corners=False``, as ``F.interpolate``), cropped at the shift.
+
+    Up-sampling is linear and separable, so a mask is ``rows_y[dy] @ grid @ rows_x[dx]ᵀ``:
+    the same values as interpolating the whole grid and cropping, without the large
+    intermediate or the gather.
+    """
+    cell = math.ceil(length / cells)
+    size = (cells + 1) * cell
+    out = torch.arange(size, dtype=torch.float64)
+    source = ((out + 0.5) * (cells / size) - 0.5).clamp(min=0)
+    low = source.floor().long().clamp(max=cells - 1)
+    high = (low + 1).clamp(max=cells - 1)
+    weight = source - low
+    full = torch.zeros(size, cells, dtype=torch.float64)
+    full[out.long(), low] += 1 - weight
+    full[out.long(), high] += weight
+    return torch.stack([full[shift : shift + length] for shift in range(cell)]).float()
+
+
 def upsample_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:
     """``(n, H, W)`` smooth masks: bilinear up-sampling of ``grids`` cropped at ``shifts``."""
     cells = grids.shape[-1]
-    height, width = size
-    up = ((cells + 1) * math.ceil(height / cells), (cells + 1) * math.ceil(width / cells))
-    big = F.interpolate(grids[:, None].float(), size=up, mode="bilinear", align_corners=False)
-    rows = shifts[:, 0:1] + torch.arange(height, device=grids.device)  # (n, H)
-    cols = shifts[:, 1:2] + torch.arange(width, device=grids.device)  # (n, W)
-    index = torch.arange(grids.shape[0], device=grids.device)[:, None, None]
-    return big[:, 0][index, rows[:, :, None], cols[:, None, :]]
+    rows_y = interpolation_rows(cells, size[0]).to(grids.device)
+    rows_x = interpolation_rows(cells, size[1]).to(grids.device)
+    return rows_y[shifts[:, 0]] @ grids.float() @ rows_x[shifts[:, 1]].transpose(1, 2)
 
 
 @register("rise")
