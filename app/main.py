@@ -7,26 +7,37 @@ Redis is down (requests then get 503 problems, and it recovers by itself when Re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from app.contract.keys import Keys
 from app.events import EventHub
+from app.identity import KeyRing
+from app.limits import RateLimiter
+from app.logs import configure_logging
 from app.metrics import HttpMetrics, MetricsMiddleware
+from app.middleware import ProblemCORSMiddleware, RequestContext
 from app.problems import PROBLEM_JSON, install_problem_handlers
 from app.queue import JobQueue, make_redis
 from app.routes import catalog, explanations, health, jobs
+from app.routes.admission import allowed_hosts
 from app.settings import Settings, get_settings
+from app.webhooks import WebhookSender
 
 STATIC_DIR = Path(__file__).parent / "static"
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+"""Swagger UI and ReDoc, shipped by the ``fastapi-offline`` package: /docs works offline."""
 
 DESCRIPTION = """\
 Explains the decisions of image classifiers: upload an image, name a model, a method and
@@ -42,32 +53,81 @@ log = logging.getLogger("xplain.gateway")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway for ``settings`` (default: from ``XPLAIN_*`` environment variables)."""
     settings = settings if settings is not None else get_settings()
+    configure_logging(json_lines=settings.log_json)
+    keyring = KeyRing(
+        path=Path(settings.keys_file) if settings.keys_file else None,
+        single_key=settings.api_key,
+        webhook_secret=settings.webhook_secret,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys = Keys(settings.key_prefix)
         redis = make_redis(settings.redis_url)
-        app.state.queue = JobQueue(
+        app.state.queue = queue = JobQueue(
             redis, keys, job_ttl_s=settings.job_ttl_s, max_queue_depth=settings.max_queue_depth
         )
+        app.state.limiter = RateLimiter(redis, keys)
+        app.state.decoding = asyncio.Semaphore(max(1, settings.max_decoding))
         app.state.hub = hub = EventHub(settings.redis_url, keys)
+        webhooks = WebhookSender(redis, keys, queue, keyring, allowed_hosts(settings))
         await hub.start()
+        await webhooks.start()
         try:
             yield
         finally:
+            await webhooks.stop()
             await hub.stop()
             await redis.aclose()
 
-    app = FastAPI(title="xplain", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="xplain",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
+    app.state.keyring = keyring
     app.state.http_metrics = HttpMetrics()
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.http_metrics)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(ProblemCORSMiddleware, origins=origins)
+    app.add_middleware(RequestContext, max_header_bytes=settings.max_header_bytes)
     for module in (explanations, jobs, catalog, health):
         app.include_router(module.router)
+    _mount_docs(app)
     _mount_web(app)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, open_service=keyring.open)  # type: ignore[method-assign]
     return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` from assets served by the gateway itself."""
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="xplain — API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="xplain — API",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _mount_web(app: FastAPI) -> None:
@@ -86,15 +146,26 @@ def _mount_web(app: FastAPI) -> None:
         )
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema, with error responses declared as ``application/problem+json``."""
+SECURITY_SCHEMES = {
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "bearer": {"type": "http", "scheme": "bearer"},
+}
+
+
+def _openapi(app: FastAPI, *, open_service: bool = False) -> dict[str, Any]:
+    """FastAPI's schema, with error responses declared as ``application/problem+json`` and the
+    API key's security schemes on every ``/v1`` operation (optional on an open deployment)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
-    for path in schema.get("paths", {}).values():
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    security = [{"apiKey": []}, {"bearer": []}] + ([{}] if open_service else [])
+    for route, path in schema.get("paths", {}).items():
         for operation in path.values():
+            if route.startswith("/v1/"):
+                operation["security"] = security
             for code, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
                 if code.isdigit() and int(code) >= 400 and "application/json" in content:

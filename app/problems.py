@@ -38,6 +38,12 @@ PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
         "Missing or wrong API key",
         "This deployment requires an API key in `X-API-Key` or `Authorization: Bearer`.",
     ),
+    "forbidden": (
+        403,
+        "Not allowed for this key",
+        "The API key is valid but may not do this (a model outside its `models`, or a "
+        "cross-origin request from an origin that is not allowed).",
+    ),
     "unknown-job": (
         404,
         "Unknown job",
@@ -73,6 +79,23 @@ PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
         "The job's estimated cost (`cost`: passes and seconds of worker compute, GET "
         "/v1/methods) exceeds the cap (`max_cost`); ask for fewer samples, masks, windows or "
         "iterations.",
+    ),
+    "idempotency-conflict": (
+        422,
+        "Idempotency key reused",
+        "The `Idempotency-Key` was used before with a different request body; send a new "
+        "key for a new request.",
+    ),
+    "rate-limited": (
+        429,
+        "Too many requests",
+        "The API key's rate limit or its limit of active jobs is reached; retry after "
+        "`Retry-After` s (the `RateLimit` and `RateLimit-Policy` fields say its budget).",
+    ),
+    "header-too-large": (
+        431,
+        "Request headers too large",
+        "The request's headers exceed the size the gateway accepts.",
     ),
     "queue-full": (
         503,
@@ -145,6 +168,13 @@ class ProblemError(Exception):
         return body
 
 
+def problem_body(
+    status: int, detail: str, *, kind: str | None, **extensions: Any
+) -> dict[str, Any]:
+    """A problem+json object without an exception (for middleware)."""
+    return ProblemError(status, detail, kind=kind, **extensions).body()
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -200,11 +230,25 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path!r}; see /docs for the API"
-    elif exc.status_code == 405:
-        allow = (exc.headers or {}).get("Allow", "")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allow = allowed_methods(request) or headers.get("Allow", "")
+        headers["Allow"] = allow
         detail = f"{request.method} is not allowed on {request.url.path!r} (allowed: {allow})"
-    problem = ProblemError(exc.status_code, detail, headers=exc.headers)
+    problem = ProblemError(exc.status_code, detail, headers=headers)
     return problem_response(problem, request.url.path)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route accepts on this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
 
 
 async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:

@@ -32,18 +32,57 @@ from app.contract.keys import GROUP, LANES, Keys
 from app.render import heatmap_from_bytes
 
 _ENQUEUE = """
+if ARGV[10] ~= '' then
+  local seen = redis.call('GET', KEYS[5])
+  if seen then return {2, seen} end
+end
 local depth = redis.call('XLEN', KEYS[1])
 if depth >= tonumber(ARGV[1]) then return {0, depth} end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[7])
+local limit = tonumber(ARGV[8])
+if limit > 0 then
+  local active = redis.call('ZCARD', KEYS[4])
+  if active >= limit then return {3, active} end
+end
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[3], '0', 'MKSTREAM')
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], unpack(ARGV, 11))
 local id = redis.call('XADD', KEYS[1], '*', 'envelope', ARGV[4], 'cost', ARGV[6])
 redis.call('HSET', KEYS[2], 'stream_id', id)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[4], tonumber(ARGV[7]) + tonumber(ARGV[2]), ARGV[9])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
+if ARGV[10] ~= '' then redis.call('SET', KEYS[5], ARGV[10], 'EX', ARGV[2]) end
 return {1, id}
 """
-"""KEYS: stream, job, image. ARGV: max depth, ttl, group, envelope, image, cost seconds,
-field/value pairs."""
+"""KEYS: stream, job, image, the owner's active set, the idempotency key. ARGV: max depth, ttl,
+group, envelope, image, cost seconds, now, max active jobs (0: none), job id, idempotency
+value (empty: none), then the record's field/value pairs. Returns {1, stream id} queued,
+{0, depth} lane full, {2, "<job id> <digest>"} idempotent replay, {3, active} quota full."""
+
+_REUSE = """
+local source = redis.call('GET', KEYS[1])
+if not source then return false end
+local job = ARGV[2] .. ':job:' .. source
+if redis.call('HGET', job, 'status') ~= 'succeeded' then return false end
+if redis.call('COPY', job .. ':result', KEYS[3]) == 0 then return false end
+if redis.call('COPY', job .. ':heatmap', KEYS[4]) == 0 then
+  redis.call('DEL', KEYS[3])
+  return false
+end
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[1])
+redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+if redis.call('HEXISTS', KEYS[2], 'callback_url') == 1 then
+  redis.call('XADD', KEYS[6], '*', 'job_id', ARGV[4])
+end
+return source
+"""
+"""KEYS: cache key, new job, its result, its heatmap, its image, the webhooks stream. ARGV: ttl,
+key prefix, image, new job id, then the record's field/value pairs. Returns the source job id,
+or nil when nothing to reuse."""
 
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -53,9 +92,15 @@ if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
   return {1, status, progress}
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel_requested', '1', 'finished_at', ARGV[1])
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then redis.call('ZREM', ARGV[3] .. ':active:' .. owner, ARGV[2]) end
+if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+  redis.call('XADD', KEYS[2], '*', 'job_id', ARGV[2])
+end
 return {2, status, progress}
 """
-"""KEYS: job. ARGV: now. Returns {0} unknown, {1, status} already final, {2, previous} done."""
+"""KEYS: job, webhooks stream. ARGV: now, job id, key prefix. Returns {0} unknown, {1, status}
+already final, {2, previous} cancelled now."""
 
 WORKERS_CACHE_S = 1.0
 """How long a read of the live workers is reused (a miss on a model re-reads at once)."""
@@ -81,15 +126,61 @@ class NewJob:
     image_png: bytes
     width: int
     height: int
+    owner: str = "anonymous"
+    max_active: int = 0
+    """The owner's limit of queued + running jobs (0: none)."""
+    idempotency: tuple[str, str] | None = None
+    """(hashed ``Idempotency-Key``, digest of the request) when the request sent one."""
+    cache_digest: str | None = None
+    """Where a success is recorded for reuse (None: the client opted out)."""
+    callback_url: str | None = None
+
+    def record(self) -> dict[str, str]:
+        """The job record's fields."""
+        env = self.envelope
+        record = {
+            RecordField.status: JobStatus.queued.value,
+            RecordField.model: env.model,
+            RecordField.method: env.method,
+            RecordField.lane: env.lane,
+            RecordField.params: json.dumps(env.params, sort_keys=True),
+            RecordField.target: json.dumps(env.target),
+            RecordField.created_at: repr(env.enqueued_at),
+            RecordField.progress: "0",
+            RecordField.attempts: "0",
+            RecordField.width: str(self.width),
+            RecordField.height: str(self.height),
+            RecordField.owner: self.owner,
+        }
+        if env.cost is not None:
+            record[RecordField.cost] = env.cost.model_dump_json()
+        if env.request_id:
+            record[RecordField.request_id] = env.request_id
+        if self.callback_url:
+            record[RecordField.callback_url] = self.callback_url
+        return record
 
 
 @dataclass(frozen=True)
 class Enqueued:
-    """Outcome of ``enqueue``: ``accepted`` or refused because the lane holds ``depth`` jobs."""
+    """Outcome of ``enqueue``: ``accepted``; or refused (``reason`` ``full``: the lane holds
+    ``depth`` jobs; ``active``: the owner has ``depth`` active jobs); or ``replayed``: the
+    ``Idempotency-Key`` was used before, for ``job_id`` with a request of ``digest``."""
 
     accepted: bool
     depth: int = 0
     stream_id: str = ""
+    reason: str = ""
+    job_id: str = ""
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """An ``Idempotency-Key`` seen before: its job and the digest of the request it came with."""
+
+    job_id: str
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -171,6 +262,7 @@ class JobQueue:
         self.job_ttl_s = job_ttl_s
         self.max_queue_depth = max_queue_depth
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._reuse = redis.register_script(_REUSE)
         self._cancel = redis.register_script(_CANCEL)
         self._workers = _WorkersCache()
         self.seen_models: set[str] = set()
@@ -186,38 +278,96 @@ class JobQueue:
         return bool(await self.redis.ping())
 
     async def enqueue(self, job: NewJob) -> Enqueued:
-        """Store image and record and append the envelope to its lane, unless the lane is full."""
+        """Store image and record and append the envelope to its lane, in one atomic step,
+        unless the lane or the owner's quota is full or the idempotency key was used."""
         env = job.envelope
-        record = {
-            RecordField.status: JobStatus.queued.value,
-            RecordField.model: env.model,
-            RecordField.method: env.method,
-            RecordField.lane: env.lane,
-            RecordField.params: json.dumps(env.params, sort_keys=True),
-            RecordField.target: json.dumps(env.target),
-            RecordField.created_at: repr(env.enqueued_at),
-            RecordField.progress: "0",
-            RecordField.attempts: "0",
-            RecordField.width: str(job.width),
-            RecordField.height: str(job.height),
-        }
-        if env.cost is not None:
-            record[RecordField.cost] = env.cost.model_dump_json()
+        record = job.record()
+        if job.cache_digest is not None:
+            record[RecordField.cache_key] = self.keys.cache(job.cache_digest)
         pairs = [item for kv in record.items() for item in kv]
-        keys = [self.keys.stream(env.lane), self.keys.job(env.job_id), self.keys.image(env.job_id)]
-        seconds = repr(env.cost.seconds if env.cost is not None else 0.0)
+        idem_key, idem_value = self.keys.idempotency(job.owner, "-"), ""
+        if job.idempotency is not None:
+            idem_key = self.keys.idempotency(job.owner, job.idempotency[0])
+            idem_value = f"{env.job_id} {job.idempotency[1]}"
+        keys = [
+            self.keys.stream(env.lane),
+            self.keys.job(env.job_id),
+            self.keys.image(env.job_id),
+            self.keys.active(job.owner),
+            idem_key,
+        ]
         args = [
             self.max_queue_depth,
             self.job_ttl_s,
             GROUP,
             env.model_dump_json(),
             job.image_png,
-            seconds,
+            repr(env.cost.seconds if env.cost is not None else 0.0),
+            repr(time.time()),
+            job.max_active,
+            env.job_id,
+            idem_value,
         ]
-        accepted, value = await self._enqueue(keys=keys, args=[*args, *pairs])
-        if not accepted:
-            return Enqueued(accepted=False, depth=int(value))
+        outcome, value = await self._enqueue(keys=keys, args=[*args, *pairs])
+        outcome = int(outcome)
+        if outcome == 0:
+            return Enqueued(accepted=False, depth=int(value), reason="full")
+        if outcome == 3:
+            return Enqueued(accepted=False, depth=int(value), reason="active")
+        if outcome == 2:
+            job_id, _, digest = _text(value).partition(" ")
+            return Enqueued(accepted=False, reason="replayed", job_id=job_id, digest=digest)
         return Enqueued(accepted=True, stream_id=_text(value))
+
+    async def reuse(self, job: NewJob, cache_digest: str) -> bool:
+        """Answer ``job`` from the stored result of identical work, if there is one: a new
+        succeeded job (the owner's) sharing the earlier job's result and heatmap."""
+        env = job.envelope
+        now = repr(time.time())
+        record = {
+            **job.record(),
+            RecordField.status: JobStatus.succeeded.value,
+            RecordField.progress: "1",
+            RecordField.started_at: now,
+            RecordField.first_started_at: now,
+            RecordField.finished_at: now,
+            RecordField.cached: "1",
+        }
+        pairs = [item for kv in record.items() for item in kv]
+        keys = [
+            self.keys.cache(cache_digest),
+            self.keys.job(env.job_id),
+            self.keys.result(env.job_id),
+            self.keys.heatmap(env.job_id),
+            self.keys.image(env.job_id),
+            self.keys.webhooks,
+        ]
+        args = [self.job_ttl_s, self.keys.prefix, job.image_png, env.job_id, *pairs]
+        return bool(await self._reuse(keys=keys, args=args))
+
+    async def idempotent(self, owner: str, hashed_key: str) -> Replay | None:
+        """The job an ``Idempotency-Key`` of ``owner`` was used for, if it was."""
+        value = await self.redis.get(self.keys.idempotency(owner, hashed_key))
+        if value is None:
+            return None
+        job_id, _, digest = _text(value).partition(" ")
+        return Replay(job_id, digest)
+
+    async def active_costs(self, owner: str) -> list[float]:
+        """Estimated seconds of each of ``owner``'s queued and running jobs."""
+        ids = await self.redis.zrange(self.keys.active(owner), 0, -1)
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.keys.job(_text(job_id)), RecordField.cost)
+        costs = []
+        for raw in await pipe.execute():
+            try:
+                costs.append(float(json.loads(raw)["seconds"]) if raw else 0.0)
+            except (ValueError, KeyError, TypeError):
+                costs.append(0.0)
+        return costs
 
     async def backlog(self, lane: str) -> tuple[float, int]:
         """Estimated seconds of work in ``lane`` (queued and running entries) and their count."""
@@ -259,7 +409,10 @@ class JobQueue:
     async def cancel(self, job_id: str) -> Cancellation:
         """Mark a queued or running job cancelled and publish its final event."""
         now = time.time()
-        reply = await self._cancel(keys=[self.keys.job(job_id)], args=[repr(now)])
+        reply = await self._cancel(
+            keys=[self.keys.job(job_id), self.keys.webhooks],
+            args=[repr(now), job_id, self.keys.prefix],
+        )
         if int(reply[0]) == 0:
             return Cancellation(found=False)
         status, progress = JobStatus(_text(reply[1])), float(_text(reply[2]) or 0)

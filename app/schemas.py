@@ -29,6 +29,16 @@ _EVALUATE_DOC = (
     "Quality metrics to compute on the heatmap, from `deletion` and `insertion` (RISE paper); "
     "in a form, a comma-separated list or repeated fields."
 )
+_CALLBACK_DOC = (
+    "A URL the service POSTs the final job JSON to when the job ends, signed with "
+    "`X-Xplain-Signature: sha256=<hex HMAC-SHA256 of the body>`; its host must be one the "
+    "deployment allows (XPLAIN_WEBHOOK_HOSTS). Retried with back-off until it answers 2xx."
+)
+_CACHE_DOC = (
+    "Answer from the stored result of identical earlier work (same image bytes, model, "
+    "method, effective parameters, target and metrics) without computing it again, marked "
+    "`cached: true`; false always computes."
+)
 
 
 class ExplanationFields(BaseModel):
@@ -48,6 +58,8 @@ class ExplanationFields(BaseModel):
     evaluate: list[Annotated[str, Field(max_length=50)]] | None = Field(
         None, max_length=10, description=_EVALUATE_DOC
     )
+    callback_url: str | None = Field(None, max_length=2000, description=_CALLBACK_DOC)
+    cache: bool = Field(True, description=_CACHE_DOC)
 
 
 class ExplanationRequest(ExplanationFields):
@@ -74,6 +86,8 @@ class ExplanationForm(BaseModel):
     params: str | None = Field(None, description="A JSON object. " + _PARAMS_DOC)
     wait: float | None = Field(None, description=_WAIT_DOC)
     evaluate: str | None = Field(None, description=_EVALUATE_DOC)
+    callback_url: str | None = Field(None, description=_CALLBACK_DOC)
+    cache: bool | None = Field(None, description=_CACHE_DOC)
 
 
 class ProblemDetail(BaseModel):
@@ -112,7 +126,11 @@ class Heatmap(BaseModel):
 class Timings(BaseModel):
     """Where the time went, in milliseconds (null where not known yet)."""
 
-    queued_ms: float | None = Field(None, description="From creation until a worker took it.")
+    queued_ms: float | None = Field(
+        None,
+        description="From creation until a worker first took it (a takeover after a "
+        "worker died, or a hand-back at shutdown, does not add the time it ran there).",
+    )
     compute_ms: float | None = Field(
         None, description="Compute time of the batched call that produced the heatmap."
     )
@@ -174,6 +192,10 @@ class Job(BaseModel):
         description="The estimate admission used: forward and backward passes (the prediction "
         "and requested metrics included) and seconds of worker compute (GET /v1/methods).",
     )
+    cached: bool = Field(
+        False, description="The result was reused from identical earlier work (no compute)."
+    )
+    request_id: str | None = Field(None, description="X-Request-ID of the creating request.")
     error: ProblemDetail | None = Field(None, description="Why it failed (status `failed`).")
     links: JobLinks = Field(description="URLs of this job, its PNG and its event stream.")
 

@@ -29,8 +29,19 @@ class Settings(BaseSettings):
         20 * 1024 * 1024, description="Largest accepted upload (413 above)."
     )
     max_image_pixels: int = Field(
-        40_000_000,
-        description="Largest accepted width x height (decompression-bomb guard, 413 above).",
+        16_000_000,
+        description="Largest accepted width x height of an upload (413 above; refused from the "
+        "header, before decoding); a model's `max_image_pixels` in models.toml lowers it.",
+    )
+    max_decoding: int = Field(
+        2,
+        description="Uploads a gateway decodes at once (the others wait): bounds decoding "
+        "memory to about this many times the largest image.",
+    )
+    max_header_bytes: int = Field(
+        16_384,
+        description="Largest total size of a request's headers (431 above); `python -m app` "
+        "also bounds what the HTTP parser buffers.",
     )
     default_wait_s: float = Field(
         30.0,
@@ -46,8 +57,31 @@ class Settings(BaseSettings):
         "worker's measured per-image pass times); costlier jobs get 422 before queueing.",
     )
     api_key: str | None = Field(
-        None, description="If set, every /v1 request must send it as `X-API-Key` (or Bearer)."
+        None,
+        description="Single-key shorthand: every /v1 request must send it as `X-API-Key` (or "
+        "Bearer); its identity is `default`.",
     )
+    keys_file: str | None = Field(
+        None,
+        description="TOML file of API keys as identities (name, SHA-256, limits; `xplain-keys` "
+        "manages it), re-read when it changes. Without it and XPLAIN_API_KEY: open.",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Origins allowed to call the API from a browser, comma-separated "
+        "(e.g. https://app.example.com); empty: none.",
+    )
+    webhook_hosts: str = Field(
+        "",
+        description="Hosts (or host:port) a job's `callback_url` may name, comma-separated; "
+        "empty: webhooks are refused. No request goes to any other address.",
+    )
+    webhook_secret: str | None = Field(
+        None,
+        description="Secret of the webhooks' HMAC-SHA256 signature (a key's own "
+        "`webhook_secret` wins).",
+    )
+    log_json: bool = Field(False, description="Log one JSON object per line (gateway and worker).")
     # --- jobs and queue -------------------------------------------------------------------
     job_ttl_s: int = Field(
         3600, description="Lifetime of job records, images and results in Redis."

@@ -4,8 +4,7 @@
 # Scale with more containers rather than uvicorn --workers: /metrics is per process.
 set -eu
 python /usr/local/lib/xplain/wait_for_redis.py || echo "warning: starting without Redis" >&2
-exec uvicorn app.main:app \
+exec python -m app \
   --host 0.0.0.0 --port "${PORT:-8000}" \
   --proxy-headers --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}" \
-  --timeout-graceful-shutdown "${XPLAIN_GRACEFUL_S:-10}" \
-  --no-server-header "$@"
+  --graceful-s "${XPLAIN_GRACEFUL_S:-10}" "$@"

@@ -105,8 +105,7 @@ fi
 
 setsid "$PYTHON" -m workers &
 worker_pid=$!
-setsid "$PYTHON" -m uvicorn app.main:app --host "$HOST" --port "$PORT" \
-  --timeout-graceful-shutdown 5 &
+setsid "$PYTHON" -m app --host "$HOST" --port "$PORT" --graceful-s 5 &
 gateway_pid=$!
 
 for _ in $(seq 300); do

@@ -43,6 +43,7 @@ from app.contract.cost import job_cost
 from app.contract.jobs import SCHEMA_VERSION, JobEnvelope
 from app.contract.methods import method_specs, parse_params
 from app.contract.metrics import EVALUATIONS
+from app.logs import request_id_var
 from workers.batcher import is_out_of_memory
 from workers.explainers import Cancelled, ModelHandle, explainer_names
 from workers.grouping import Job, effective_params, group_jobs
@@ -378,7 +379,9 @@ class Worker:
     # --- running (in the task's thread) ---------------------------------------------------------
 
     def _run_group(self, task: Task, group: list[Job]) -> list[Outcome]:
-        """The task's body: one explainer call over ``group``."""
+        """The task's body: one explainer call over ``group`` (its log lines carry the request
+        ids of its jobs)."""
+        request_id_var.set(",".join(job.envelope.request_id or "-" for job in group))
         model = group[0].model
         ctx = GroupContext(
             self.handles[model],
@@ -545,6 +548,7 @@ class Worker:
             job.lane,
             self._elapsed(job) * 1000,
             extra,
+            extra={"request_id": job.envelope.request_id or "-"},
         )
 
 

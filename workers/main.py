@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from types import FrameType
 
 import redis
 
 from app.contract.keys import Keys
+from app.logs import configure_logging
 from app.settings import Settings, get_settings
 from workers.loop import Heartbeat, Worker
 from workers.queue import WorkerQueue
@@ -26,15 +26,6 @@ from workers.runtime import Runtime, build_runtime
 log = logging.getLogger("workers.main")
 
 EXIT_NOW = 128 + signal.SIGTERM
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event, ``key=value`` fields, on stderr."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -112,7 +103,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
 
 def main() -> int:
     """Entry point of ``python -m workers``."""
-    configure_logging()
+    settings = get_settings()
+    configure_logging(json_lines=settings.log_json)
     stop = threading.Event()
     install_signal_handlers(stop)
-    return serve(get_settings(), stop)
+    return serve(settings, stop)

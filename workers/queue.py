@@ -34,16 +34,32 @@ local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[1]) then return {'dead', attempts} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3],
            'progress', '0')
+redis.call('HSETNX', KEYS[1], 'first_started_at', ARGV[2])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return {'running', attempts}
 """
 
-_COMPLETE = """
+_ENDED = """
+local function ended(job_key, job_id, prefix, webhooks)
+  local owner = redis.call('HGET', job_key, 'owner')
+  if owner then redis.call('ZREM', prefix .. ':active:' .. owner, job_id) end
+  if redis.call('HEXISTS', job_key, 'callback_url') == 1 then
+    redis.call('XADD', webhooks, '*', 'job_id', job_id)
+  end
+end
+"""
+"""What every final transition does: the job leaves its owner's active set, and a job with a
+``callback_url`` gets a webhook delivery queued (in the same atomic step, so none is lost)."""
+
+_COMPLETE = _ENDED + """
 local written = 0
 if redis.call('HGET', KEYS[1], 'status') == 'running' then
   redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
   redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
   redis.call('HSET', KEYS[1], 'status', 'succeeded', 'progress', '1', 'finished_at', ARGV[4])
+  local cache = redis.call('HGET', KEYS[1], 'cache_key')
+  if cache then redis.call('SET', cache, ARGV[9], 'EX', ARGV[3]) end
+  ended(KEYS[1], ARGV[9], ARGV[10], KEYS[5])
   redis.call('PUBLISH', ARGV[5], ARGV[6])
   written = 1
 end
@@ -52,11 +68,12 @@ redis.call('XDEL', KEYS[4], ARGV[8])
 return written
 """
 
-_FAIL = """
+_FAIL = _ENDED + """
 local written = 0
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'running' or status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[1])
+  ended(KEYS[1], ARGV[7], ARGV[8], KEYS[3])
   redis.call('PUBLISH', ARGV[3], ARGV[4])
   written = 1
 end
@@ -345,6 +362,7 @@ class WorkerQueue:
                 self.keys.result(job.job_id),
                 self.keys.heatmap(job.job_id),
                 self.keys.stream(job.lane),
+                self.keys.webhooks,
             ],
             args=[
                 job.result_json,
@@ -355,6 +373,8 @@ class WorkerQueue:
                 event.model_dump_json(),
                 GROUP,
                 job.entry_id,
+                job.job_id,
+                self.keys.prefix,
             ],
             client=pipe,
         )
@@ -362,7 +382,7 @@ class WorkerQueue:
     def _queue_fail(self, pipe: redis.client.Pipeline, job: Finished, now: str) -> None:
         event = JobEvent(job_id=job.job_id, status=JobStatus.failed)
         self._fail(
-            keys=[self.keys.job(job.job_id), self.keys.stream(job.lane)],
+            keys=[self.keys.job(job.job_id), self.keys.stream(job.lane), self.keys.webhooks],
             args=[
                 json.dumps(job.problem or {}),
                 now,
@@ -370,6 +390,8 @@ class WorkerQueue:
                 event.model_dump_json(),
                 GROUP,
                 job.entry_id or "",
+                job.job_id,
+                self.keys.prefix,
             ],
             client=pipe,
         )

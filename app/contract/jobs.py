@@ -60,6 +60,7 @@ class JobEnvelope(BaseModel):
     evaluate: list[str] = Field(default_factory=list)
     enqueued_at: float = Field(description="Unix seconds.")
     cost: JobCost | None = Field(None, description="The gateway's estimate (app.contract.cost).")
+    request_id: str | None = Field(None, description="The X-Request-ID of the creating request.")
 
 
 class JobEvent(BaseModel):
@@ -122,6 +123,9 @@ class ModelInfo(BaseModel):
         0.0,
         description="Measured at warm-up: one forward + backward pass of one image, in ms.",
     )
+    max_image_pixels: int | None = Field(
+        None, description="Largest upload (width x height) for this model (None: the gateway's)."
+    )
 
 
 class WorkerAnnouncement(BaseModel):
@@ -156,3 +160,13 @@ class RecordField:
     cancel_requested = "cancel_requested"
     stream_id = "stream_id"
     cost = "cost"
+    owner = "owner"
+    """The identity (API key name) that created the job."""
+    request_id = "request_id"
+    callback_url = "callback_url"
+    cache_key = "cache_key"
+    """Where a success is recorded for reuse (absent: the client opted out)."""
+    cached = "cached"
+    """``1`` when the result was reused from an identical earlier job."""
+    first_started_at = "first_started_at"
+    """When a worker first started it (``queued_ms`` ends there, whatever happened after)."""

@@ -64,6 +64,33 @@ class Keys:
         """String with TTL: one worker's JSON announcement (models, lanes, device)."""
         return f"{self.prefix}:worker:{worker_id}"
 
+    def active(self, owner: str) -> str:
+        """Sorted set: an identity's queued and running jobs (score: when the entry expires)."""
+        return f"{self.prefix}:active:{owner}"
+
+    def rate(self, owner: str) -> str:
+        """String: an identity's rate-limit bucket (GCRA theoretical arrival time)."""
+        return f"{self.prefix}:rate:{owner}"
+
+    def idempotency(self, owner: str, digest: str) -> str:
+        """String ``<job id> <request digest>``: a POST's ``Idempotency-Key`` (hashed)."""
+        return f"{self.prefix}:idem:{owner}:{digest}"
+
+    def cache(self, digest: str) -> str:
+        """String: the succeeded job whose result answers this work (image, model, method,
+        effective parameters, target, metrics)."""
+        return f"{self.prefix}:cache:{digest}"
+
+    @property
+    def webhooks(self) -> str:
+        """Stream of webhook deliveries to make (job ids), read by the gateways."""
+        return f"{self.prefix}:stream:webhooks"
+
+    @property
+    def webhook_retries(self) -> str:
+        """Sorted set: deliveries to try again (member: ``<job id> <attempt>``; score: when)."""
+        return f"{self.prefix}:webhooks:retry"
+
     @property
     def metrics(self) -> str:
         """Hash: counters and histogram buckets the workers add to, the gateway exports."""

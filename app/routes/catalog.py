@@ -13,16 +13,21 @@ from pydantic_core import to_jsonable_python
 from app.contract import cost
 from app.contract.methods import MethodSpec, method_specs
 from app.contract.metrics import EVALUATIONS
-from app.routes.deps import QueueDep, require_api_key
+from app.routes.deps import IdentityDep, QueueDep, get_identity
 from app.schemas import MethodCatalog, MethodOut, ModelList, ModelOut
 
-router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(get_identity)])
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(queue: QueueDep) -> ModelList:
-    """Models served by live workers: input size, classes, default and available layers."""
-    served = await queue.served_models(fresh=True)
+async def list_models(queue: QueueDep, identity: IdentityDep) -> ModelList:
+    """Models served by live workers (those this API key may use): input size, classes,
+    default and available layers, measured pass times."""
+    served = {
+        name: model
+        for name, model in (await queue.served_models(fresh=True)).items()
+        if identity.may_use(name)
+    }
     return ModelList(
         models=[
             ModelOut(

@@ -1,13 +1,13 @@
-"""Dependencies shared by the routes: settings, queue, event hub, API key."""
+"""Dependencies shared by the routes: settings, queue, event hub, the caller's identity."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from app.events import EventHub
+from app.identity import Identity, KeyRing
 from app.problems import ProblemError
 from app.queue import JobQueue
 from app.settings import Settings
@@ -36,22 +36,32 @@ QueueDep = Annotated[JobQueue, Depends(get_queue)]
 HubDep = Annotated[EventHub, Depends(get_hub)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """With ``Settings.api_key`` set, demand it as ``X-API-Key`` or ``Authorization: Bearer``."""
-    expected = settings.api_key
-    if not expected:
-        return
+def presented_key(request: Request) -> str | None:
+    """The key a request sends as ``X-API-Key`` or ``Authorization: Bearer``, if any."""
     given = request.headers.get("x-api-key")
     if given is None:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
+        if scheme.lower() == "bearer" and credentials.strip():
             given = credentials.strip()
-    if given is None or not secrets.compare_digest(given.encode(), expected.encode()):
+    return given
+
+
+def get_identity(request: Request) -> Identity:
+    """Who sends the request (401 for a missing, wrong or revoked key)."""
+    keyring: KeyRing = request.app.state.keyring
+    given = presented_key(request)
+    identity = keyring.identify(given)
+    if identity is None:
         raise ProblemError(
             401,
-            "send the API key as `X-API-Key: <key>` or `Authorization: Bearer <key>`"
+            "send an API key as `X-API-Key: <key>` or `Authorization: Bearer <key>`"
             if given is None
-            else "the API key is wrong",
+            else "the API key is wrong or was revoked",
             kind="unauthorized",
             headers={"WWW-Authenticate": 'Bearer realm="xplain"'},
         )
+    request.state.identity = identity.name
+    return identity
+
+
+IdentityDep = Annotated[Identity, Depends(get_identity)]

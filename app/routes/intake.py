@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from starlette.types import Message
 from app.problems import ProblemError, problem_from_pydantic
 from app.schemas import ExplanationFields, ExplanationRequest
 
-FORM_FIELDS = ("file", "method", "model", "target", "params", "wait", "evaluate")
+FORM_FIELDS = (
+    "file", "method", "model", "target", "params", "wait", "evaluate", "callback_url", "cache",
+)  # fmt: skip
 FORM_OVERHEAD = 256 * 1024
 """Bytes allowed on top of the file for the other form fields and multipart framing."""
 JSON_OVERHEAD = 256 * 1024
@@ -38,6 +41,13 @@ class Submission:
     image: bytes
     content_type: str | None
     fields: ExplanationFields
+
+    def digest(self) -> str:
+        """SHA-256 of the request as sent (image bytes and fields): what an
+        ``Idempotency-Key`` binds to."""
+        fields = self.fields.model_dump(mode="json", exclude={"wait"})
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(hashlib.sha256(self.image).digest() + text).hexdigest()
 
 
 async def read_submission(request: Request, max_upload_bytes: int) -> Submission:
@@ -68,29 +78,55 @@ def _too_large(max_upload_bytes: int, what: str = "the upload") -> ProblemError:
     )
 
 
+TAIL_BYTES = 512
+"""Bytes of the body's end kept to check a multipart body's closing delimiter."""
+
+
 def _limit(request: Request, cap: int, max_upload_bytes: int) -> Request:
-    """A view of ``request`` whose body reading fails with 413 past ``cap`` bytes."""
+    """A view of ``request`` whose body reading fails with 413 past ``cap`` bytes; it keeps
+    the body's last bytes in ``scope["state"]["body_tail"]``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise _too_large(max_upload_bytes, "the request body")
     receive = request.receive
     seen = 0
+    state = request.scope.setdefault("state", {})
+    state["body_tail"] = b""
 
     async def limited_receive() -> Message:
         nonlocal seen
         message = await receive()
         if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
+            chunk = message.get("body", b"")
+            seen += len(chunk)
             if seen > cap:
                 raise _too_large(max_upload_bytes, "the request body")
+            state["body_tail"] = (state["body_tail"] + chunk)[-TAIL_BYTES:]
         return message
 
     return Request(request.scope, receive=limited_receive)
 
 
+def _check_closed(request: Request) -> None:
+    """400 when a multipart body ends before its closing delimiter (a cut-off upload)."""
+    boundary = ""
+    for part in request.headers.get("content-type", "").split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    tail: bytes = request.scope.get("state", {}).get("body_tail", b"")
+    if boundary and b"--" + boundary.encode() + b"--" not in tail:
+        raise ProblemError(
+            400,
+            "the multipart body ends before its closing boundary: the upload was cut off",
+            kind="invalid-image",
+        )
+
+
 async def _read_form(request: Request, max_upload_bytes: int) -> Submission:
     form = await request.form(max_files=1, max_fields=len(FORM_FIELDS) + 8)
     try:
+        _check_closed(request)
         fields = _form_fields(form)
         upload = form.get("file")
         if upload is None:
@@ -124,7 +160,7 @@ def _form_fields(form: FormData) -> ExplanationFields:
             kind="invalid-request",
         )
     raw: dict[str, Any] = {}
-    for name in ("method", "model", "target", "wait"):
+    for name in ("method", "model", "target", "wait", "callback_url", "cache"):
         values = form.getlist(name)
         if len(values) > 1:
             raise ProblemError(422, f"form field `{name}` given twice", kind="invalid-request")
@@ -144,13 +180,45 @@ def _form_fields(form: FormData) -> ExplanationFields:
         raise problem_from_pydantic(exc) from exc
 
 
-def _json_object(text: str) -> dict[str, Any]:
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays accepted in a request (a request needs 3)."""
+
+
+def loads(text: str | bytes, what: str) -> Any:
+    """``json.loads`` with a 422 for invalid JSON or JSON nested deeper than 32 levels."""
     try:
         value = json.loads(text)
+    except RecursionError:
+        value = None
+        depth = MAX_JSON_DEPTH + 1
     except ValueError as exc:
+        raise ProblemError(422, f"{what} is not valid JSON: {exc}", kind="invalid-request") from exc
+    else:
+        depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
         raise ProblemError(
-            422, f"`params` is not valid JSON: {exc}", kind="invalid-request"
-        ) from exc
+            422,
+            f"{what} is nested deeper than {MAX_JSON_DEPTH} levels",
+            kind="invalid-request",
+        )
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = loads(text, "`params`")
     if not isinstance(value, dict):
         raise ProblemError(
             422,
@@ -166,12 +234,7 @@ def _names(values: list[str]) -> list[str]:
     for value in values:
         text = value.strip()
         if text.startswith("["):
-            try:
-                items = json.loads(text)
-            except ValueError as exc:
-                raise ProblemError(
-                    422, f"`evaluate` is not a valid JSON list: {exc}", kind="invalid-request"
-                ) from exc
+            items = loads(text, "`evaluate`")
             if not isinstance(items, list):
                 raise ProblemError(
                     422, "`evaluate` must be a list of names", kind="invalid-request"
@@ -184,12 +247,7 @@ def _names(values: list[str]) -> list[str]:
 
 async def _read_json(request: Request, max_upload_bytes: int) -> Submission:
     body = await request.body()
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise ProblemError(
-            422, f"the body is not valid JSON: {exc}", kind="invalid-request"
-        ) from exc
+    payload = loads(body, "the body")
     if isinstance(payload, dict) and isinstance(payload.get("evaluate"), str):
         payload["evaluate"] = _names([payload["evaluate"]])
     try:

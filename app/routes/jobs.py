@@ -14,15 +14,16 @@ from starlette.concurrency import run_in_threadpool
 
 from app.contract.jobs import JobEvent, JobStatus, RecordField
 from app.events import CLOSED, RESYNC, EventHub
+from app.identity import Identity
 from app.problems import ProblemError
 from app.queue import JobQueue, JobState
 from app.render import Style, render
-from app.routes.deps import HubDep, QueueDep, require_api_key
+from app.routes.deps import HubDep, IdentityDep, QueueDep, get_identity
 from app.routes.views import job_view, json_response
 from app.routes.waiting import next_message
 from app.schemas import Job, ProblemDetail
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_identity)])
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 SSE_KEEPALIVE_S = 15.0
@@ -34,12 +35,21 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ProblemDetail} for code in codes}
 
 
-async def load(queue: JobQueue, job_id: str, *, heatmap: bool = False) -> JobState:
-    """The stored job, or 404."""
+async def load(
+    queue: JobQueue, job_id: str, identity: Identity, *, heatmap: bool = False
+) -> JobState:
+    """The stored job, or 404: unknown, expired, or another identity's."""
     state = await queue.read(job_id, heatmap=heatmap) if _JOB_ID.fullmatch(job_id) else None
+    if (
+        state is not None
+        and not identity.open
+        and state.record.get(RecordField.owner) != identity.name
+    ):
+        state = None  # another client's job is as unknown to this one as a job never made
     if state is None:
+        shown = job_id if len(job_id) <= 40 else job_id[:40] + "…"
         raise ProblemError(
-            404, f"no job {job_id!r} (unknown, or expired after the job TTL)", kind="unknown-job"
+            404, f"no job {shown!r} (unknown, or expired after the job TTL)", kind="unknown-job"
         )
     return state
 
@@ -48,12 +58,13 @@ async def load(queue: JobQueue, job_id: str, *, heatmap: bool = False) -> JobSta
 async def get_job(
     job_id: JobId,
     queue: QueueDep,
+    identity: IdentityDep,
     heatmap_data: Annotated[
         bool, Query(description="Include the heatmap rows (false: width and height only).")
     ] = True,
 ) -> Response:
     """Status, progress and timings of a job; the full result once it succeeded."""
-    state = await load(queue, job_id, heatmap=heatmap_data)
+    state = await load(queue, job_id, identity, heatmap=heatmap_data)
     return json_response(job_view(state, heatmap_data=heatmap_data))
 
 
@@ -65,6 +76,7 @@ async def get_job(
 async def get_heatmap_png(
     job_id: JobId,
     queue: QueueDep,
+    identity: IdentityDep,
     style: Annotated[
         Style,
         Query(
@@ -74,7 +86,7 @@ async def get_heatmap_png(
     ] = "overlay",
 ) -> Response:
     """The heatmap as a PNG at the uploaded image's size (409 until the job succeeded)."""
-    state = await load(queue, job_id, heatmap=True)
+    state = await load(queue, job_id, identity, heatmap=True)
     return await png_response(queue, state, style)
 
 
@@ -103,10 +115,12 @@ async def png_response(queue: JobQueue, state: JobState, style: Style) -> Respon
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}, **_problems(401, 404)},
 )
-async def job_events(job_id: JobId, request: Request, queue: QueueDep, hub: HubDep) -> Response:
+async def job_events(
+    job_id: JobId, request: Request, queue: QueueDep, hub: HubDep, identity: IdentityDep
+) -> Response:
     """Server-sent events: `state` (the job now), `progress` events, then one `status` event
     with the final job (without heatmap rows), and the stream closes."""
-    await load(queue, job_id)
+    await load(queue, job_id, identity)
     keepalive = float(getattr(request.app.state, "sse_keepalive_s", SSE_KEEPALIVE_S))
     return StreamingResponse(
         event_stream(queue, hub, job_id, keepalive),
@@ -165,9 +179,9 @@ def _progress_event(state: JobState) -> JobEvent:
 
 
 @router.delete("/{job_id}", response_model=Job, responses=_problems(401, 404, 409))
-async def cancel_job(job_id: JobId, queue: QueueDep) -> Response:
+async def cancel_job(job_id: JobId, queue: QueueDep, identity: IdentityDep) -> Response:
     """Cancel a queued or running job (409 if it already finished)."""
-    await load(queue, job_id)
+    await load(queue, job_id, identity)
     outcome = await queue.cancel(job_id)
     if not outcome.found:
         raise ProblemError(404, f"no job {job_id!r}", kind="unknown-job")
@@ -179,4 +193,4 @@ async def cancel_job(job_id: JobId, queue: QueueDep) -> Response:
             kind="job-state-conflict",
             job_status=status,
         )
-    return json_response(job_view(await load(queue, job_id)))
+    return json_response(job_view(await load(queue, job_id, identity)))

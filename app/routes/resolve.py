@@ -18,6 +18,7 @@ from app.contract.cost import job_cost
 from app.contract.jobs import JobCost, ModelInfo
 from app.contract.methods import MethodSpec, method_specs, parse_params
 from app.contract.metrics import EVALUATIONS
+from app.identity import Identity
 from app.problems import ProblemError, problem_from_pydantic
 from app.queue import JobQueue, ServedModel
 from app.schemas import ExplanationFields
@@ -38,13 +39,27 @@ class ResolvedJob:
     cost: JobCost
 
 
-async def resolve(fields: ExplanationFields, queue: JobQueue, *, retry_after_s: int) -> ResolvedJob:
-    """Validate ``fields``; raises ``ProblemError`` 422 (bad request) or 503 (no worker)."""
+async def resolve(
+    fields: ExplanationFields,
+    queue: JobQueue,
+    *,
+    retry_after_s: int,
+    identity: Identity | None = None,
+) -> ResolvedJob:
+    """Validate ``fields``; raises ``ProblemError`` 422 (bad request), 403 (a model the key
+    may not use) or 503 (no worker)."""
     spec = method_spec(fields.method)
     raw = dict(fields.params or {})
     evaluate = evaluations([*(fields.evaluate or []), *_pop_evaluate(raw)])
     lane = lane_of(spec, raw)
     served = await pick_model(fields.model, lane, queue, retry_after_s=retry_after_s)
+    if identity is not None and not identity.may_use(served.info.name):
+        raise ProblemError(
+            403,
+            f"API key {identity.name!r} may not use model {served.info.name!r}; its models: "
+            f"{', '.join(sorted(identity.models or ())) or 'none'}",
+            kind="forbidden",
+        )
     params = validate_params(spec, raw, served.info)
     target = resolve_target(fields.target, served.info)
     passes = parse_params(spec.name, params).passes(served.info)

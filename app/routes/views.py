@@ -34,8 +34,10 @@ def job_view(state: JobState, *, heatmap_data: bool = True, now: float | None = 
     now = time.time() if now is None else now
     created = state.number(RecordField.created_at)
     started = state.number(RecordField.started_at)
+    first_started = state.number(RecordField.first_started_at) or started
     finished = state.number(RecordField.finished_at)
     result = state.result
+    cached = state.record.get(RecordField.cached) == "1"
     url = job_url(state.job_id)
     job = Job(
         job_id=state.job_id,
@@ -52,8 +54,12 @@ def job_view(state: JobState, *, heatmap_data: bool = True, now: float | None = 
         created_at=_when(created),
         started_at=_when(started),
         finished_at=_when(finished),
-        timings=_timings(created, started, finished, now, _compute_ms(result)),
+        timings=_timings(
+            created, first_started, finished, now, 0.0 if cached else _compute_ms(result)
+        ),
         links=JobLinks(self=url, heatmap_png=f"{url}/heatmap.png", events=f"{url}/events"),
+        cached=cached,
+        request_id=state.record.get(RecordField.request_id),
     )
     cost = state.json_field(RecordField.cost)
     if isinstance(cost, dict):
