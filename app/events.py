@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from app.contract.jobs import JobEvent
 from app.contract.keys import Keys

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio.retry import Retry
 
 from app.contract.jobs import (
     JobEnvelope,
@@ -107,13 +109,15 @@ WORKERS_CACHE_S = 1.0
 
 
 def make_redis(url: str) -> Redis:
-    """The gateway's command client: short timeouts, one immediate retry (a stale pooled
-    connection after a Redis restart), then the error surfaces as a 503."""
+    """The gateway's command client: short timeouts; a command that meets a dead connection
+    (every pooled one is, after a Redis restart) reconnects and is retried up to 4 times,
+    10 ms to 0.5 s apart, before the error surfaces as a 503."""
     return Redis.from_url(
         url,
         socket_connect_timeout=2.0,
         socket_timeout=10.0,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 4),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
 

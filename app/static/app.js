@@ -10,8 +10,21 @@ const state = { file: null, previewUrl: null, methods: [] };
 
 class ProblemError extends Error {}
 
+// The API key lives in sessionStorage: this tab only, gone when it closes. Every call sends it,
+// the event stream included (a streamed fetch, since EventSource cannot send headers), and
+// images and downloads are fetched with it and shown from blob URLs.
+const KEY_STORE = "xplain-api-key";
+const apiKey = () => sessionStorage.getItem(KEY_STORE) || "";
+
+function withKey(options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (apiKey()) headers.set("X-API-Key", apiKey());
+  return { ...options, headers };
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, withKey(options));
+  if (response.status === 401) $("#key-state").textContent = "this service needs a valid API key";
   if (!response.ok) {
     let detail = `${response.status} ${response.statusText}`;
     try {
@@ -217,6 +230,10 @@ function showPrediction(job) {
   $("#prediction").hidden = false;
 }
 
+async function blobUrl(path) {
+  return URL.createObjectURL(await (await api(path)).blob());
+}
+
 async function finish(card, jobId) {
   const job = await (await api(`/v1/jobs/${jobId}?heatmap_data=false`)).json();
   setStatus(card, job.status, job.status === "succeeded" ? 1 : null);
@@ -224,7 +241,7 @@ async function finish(card, jobId) {
   if (job.status !== "succeeded") return;
   showPrediction(job);
   const png = `/v1/jobs/${jobId}/heatmap.png`;
-  $(".heat", card).src = `${png}?style=heatmap`;
+  $(".heat", card).src = await blobUrl(`${png}?style=heatmap`);
   const meta = job.meta || {};
   const facts = [`${Math.round(job.timings.total_ms)} ms`];
   if (meta.forward_passes != null) {
@@ -234,36 +251,61 @@ async function finish(card, jobId) {
   if (meta.layer) facts.push(`layer ${meta.layer}`);
   if (job.target) facts.push(`target ${job.target.label}`);
   for (const [name, value] of Object.entries(job.evaluation || {})) facts.push(`${name} ${value.toFixed(3)}`);
+  if (job.cached) facts.push("cached");
   $(".facts", card).textContent = facts.join(" · ");
-  Object.assign($(".png", card), { href: `${png}?style=overlay`, download: `${job.method}.png`, hidden: false });
-  Object.assign($(".json", card), { href: `/v1/jobs/${jobId}`, download: `${job.method}.json`, hidden: false });
+  Object.assign($(".png", card), { href: await blobUrl(`${png}?style=overlay`), download: `${job.method}.png`, hidden: false });
+  Object.assign($(".json", card), { href: await blobUrl(`/v1/jobs/${jobId}`), download: `${job.method}.json`, hidden: false });
+}
+
+// Server-sent events over fetch: calls onEvent(name, data) for each event until the stream
+// ends or `signal` aborts.
+async function streamEvents(path, onEvent, signal) {
+  const response = await api(path, { signal, headers: { Accept: "text/event-stream" } });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+      }
+      if (data.length) onEvent(name, data.join("\n"));
+    }
+  }
 }
 
 function follow(card, jobId) {
-  const events = new EventSource(`/v1/jobs/${jobId}/events`);
-  const onEvent = (message) => {
-    let event;
-    try { event = JSON.parse(message.data); } catch (_) { return; }
-    setStatus(card, event.status, event.progress);
-    if (FINAL.includes(event.status)) {
-      events.close();
-      finish(card, jobId).catch((error) => cardError(card, error.message));
-    }
-  };
-  events.addEventListener("state", onEvent);
-  events.addEventListener("progress", onEvent);
-  events.addEventListener("status", onEvent);
-  events.onmessage = onEvent;
-  events.onerror = () => {
-    if (FINAL.includes(card.dataset.status)) return;
-    events.close();
+  const stop = new AbortController();
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    stop.abort();
     finish(card, jobId).catch((error) => cardError(card, error.message));
   };
+  const onEvent = (name, data) => {
+    let event;
+    try { event = JSON.parse(data); } catch (_) { return; }
+    setStatus(card, event.status, event.progress);
+    if (FINAL.includes(event.status)) end();
+  };
+  streamEvents(`/v1/jobs/${jobId}/events`, onEvent, stop.signal)
+    .then(end)
+    .catch((error) => { if (error.name !== "AbortError") end(); });
   $(".cancel", card).addEventListener("click", async () => {
     try {
       await api(`/v1/jobs/${jobId}`, { method: "DELETE" });
       setStatus(card, "cancelled", null);
-      events.close();
+      ended = true;
+      stop.abort();
     } catch (error) {
       cardError(card, error.message);
     }
@@ -312,6 +354,19 @@ async function run() {
   await Promise.all(chosen.map(submit));
 }
 
+function wireKey() {
+  $("#apikey").value = apiKey();
+  $("#key-state").textContent = apiKey() ? "key set for this tab" : "";
+  $("#key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("#apikey").value.trim();
+    if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
+    $("#key-state").textContent = key ? "key set for this tab" : "";
+    showError("");
+    Promise.all([loadModels(), loadMethods()]).catch((error) => showError(error.message));
+  });
+}
+
 function wireControls() {
   $("#run").addEventListener("click", () => run().catch((error) => showError(error.message)));
   $("#opacity").addEventListener("input", (event) => {
@@ -320,6 +375,7 @@ function wireControls() {
 }
 
 window.addEventListener("DOMContentLoaded", () => {
+  wireKey();
   wireUpload();
   wireControls();
   Promise.all([loadModels(), loadMethods()]).catch((error) => showError(error.message));
