@@ -18,9 +18,9 @@ from typing import Final
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.asyncio.retry import Retry
 
 from app.contract.jobs import JobEvent
 from app.contract.keys import Keys
