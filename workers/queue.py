@@ -51,7 +51,9 @@ end
 """What every final transition does: the job leaves its owner's active set, and a job with a
 ``callback_url`` gets a webhook delivery queued (in the same atomic step, so none is lost)."""
 
-_COMPLETE = _ENDED + """
+_COMPLETE = (
+    _ENDED
+    + """
 local written = 0
 if redis.call('HGET', KEYS[1], 'status') == 'running' then
   redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
@@ -67,8 +69,11 @@ redis.call('XACK', KEYS[4], ARGV[7], ARGV[8])
 redis.call('XDEL', KEYS[4], ARGV[8])
 return written
 """
+)
 
-_FAIL = _ENDED + """
+_FAIL = (
+    _ENDED
+    + """
 local written = 0
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'running' or status == 'queued' then
@@ -83,6 +88,7 @@ if ARGV[6] ~= '' then
 end
 return written
 """
+)
 
 _PROGRESS = """
 local status = redis.call('HGET', KEYS[1], 'status')

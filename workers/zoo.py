@@ -17,6 +17,8 @@ A TOML file (``XPLAIN_MODELS_FILE``) names them; without one, the bundled demo m
     std = [0.25, 0.25, 0.25]
     labels = ["disc", "square"]        # or labels_file = "..." (JSON list or one per line)
     target_layer = "features.4"        # default layer for layer-based methods
+    max_image_pixels = 4000000         # optional: largest upload for this model (the
+                                       # gateway's XPLAIN_MAX_IMAGE_PIXELS otherwise)
 
 torchvision entries take their input size, mean/std, labels and default layer from the
 architecture and its weights enum (:mod:`workers.zoo_torchvision`); without an enum, labels
@@ -61,6 +63,7 @@ KEYS = frozenset(
         "labels_file",
         "target_layer",
         "num_classes",
+        "max_image_pixels",
     }
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -86,6 +89,7 @@ class ModelEntry:
     labels: tuple[str, ...] | None = None
     target_layer: str | None = None
     num_classes: int | None = None
+    max_image_pixels: int | None = None
 
 
 # --- parsing and validation -------------------------------------------------------------------
@@ -239,14 +243,15 @@ def parse_entry(raw: Mapping[str, Any], base_dir: Path) -> ModelEntry:
         raise ModelsFileError("'mean' and 'std' must have the same length")
     if std is not None and min(std) <= 0:
         raise ModelsFileError("'std' must be positive")
-    num_classes = raw.get("num_classes")
-    if num_classes is not None and (
-        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
-    ):
-        raise ModelsFileError(f"'num_classes' must be a positive integer, got {num_classes!r}")
+    num_classes = _positive_int(raw, "num_classes")
     labels = _labels(raw, base_dir)
     if labels is not None and num_classes is not None and len(labels) != num_classes:
         raise ModelsFileError(f"{len(labels)} labels but num_classes = {num_classes}")
+    pixels = raw.get("max_image_pixels")
+    if pixels is not None and (
+        not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1
+    ):
+        raise ModelsFileError(f"'max_image_pixels' must be a positive integer, got {pixels!r}")
     return ModelEntry(
         name=name,
         torchvision=arch,
@@ -259,7 +264,15 @@ def parse_entry(raw: Mapping[str, Any], base_dir: Path) -> ModelEntry:
         labels=labels,
         target_layer=_string(raw, "target_layer"),
         num_classes=num_classes,
+        max_image_pixels=_positive_int(raw, "max_image_pixels"),
     )
+
+
+def _positive_int(raw: Mapping[str, Any], key: str) -> int | None:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ModelsFileError(f"'{key}' must be a positive integer, got {value!r}")
+    return value
 
 
 def demo_entry() -> ModelEntry:
@@ -308,6 +321,10 @@ def _build_factory(entry: ModelEntry) -> nn.Module:
 
 def build_handle(entry: ModelEntry) -> ModelHandle:
     """The entry's model on CPU, with its preprocessing facts (not yet in eval mode/warmed)."""
+    return replace(_build_handle(entry), max_image_pixels=entry.max_image_pixels)
+
+
+def _build_handle(entry: ModelEntry) -> ModelHandle:
     if entry.torchvision is not None:
         arch = entry.torchvision
         enum = tv.find_weights(arch, entry.weights) if entry.weights else None
@@ -410,6 +427,7 @@ def model_info(handle: ModelHandle) -> ModelInfo:
         layers=[name for name, _ in handle.model.named_modules() if name],
         architecture=handle.architecture,
         layer_channels=layer_channels(handle),
+        max_image_pixels=handle.max_image_pixels,
     )
 
 

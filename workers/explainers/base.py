@@ -78,6 +78,8 @@ class ModelHandle:
     labels: tuple[str, ...] = ()
     default_layer: str | None = None
     architecture: str = ""
+    max_image_pixels: int | None = None
+    """Largest upload the service accepts for this model (None: the gateway's limit)."""
     evaluator: EvaluateFn | None = field(default=None, repr=False, compare=False)
     """Where :meth:`evaluate` sends its rows (the worker's batcher); None: run them here."""
     offloader: OffloadFn | None = field(default=None, repr=False, compare=False)
