@@ -5,14 +5,21 @@
 Uses uvicorn's h11 parser with ``h11_max_incomplete_event_size`` at ``XPLAIN_MAX_HEADER_BYTES``
 (plus a little): request headers larger than that are refused while they are parsed, instead
 of being buffered whole (the gateway's own middleware answers 431 above the same limit for a
-server started another way). SIGTERM drains: the gateway stops accepting connections and
-finishes the requests it holds, up to ``--graceful-s`` seconds.
+server started another way).
+
+SIGTERM drains: ``/readyz`` answers 503, the listening socket closes (a load balancer moves new
+connections to other gateways), requests that wait for a job answer at once with 202 and the
+job's URL, event streams end (clients reconnect elsewhere and resume), and the requests in
+flight finish, up to ``--graceful-s`` seconds; then the process exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+from types import FrameType
 
 import uvicorn
 
@@ -30,8 +37,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     settings = get_settings()
-    uvicorn.run(
-        "app.main:app",
+    from app.main import app, begin_drain
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, which also tells the app it is draining on the first signal."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.should_exit:
+                with contextlib.suppress(RuntimeError):  # no loop yet: nothing to drain
+                    asyncio.get_running_loop().call_soon_threadsafe(begin_drain, app)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         http="h11",
@@ -43,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         log_level=args.log_level,
     )
+    DrainingServer(config).run()
 
 
 if __name__ == "__main__":

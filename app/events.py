@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from typing import Final
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app.contract.connection import RedisTarget, async_client
 from app.contract.jobs import JobEvent
 from app.contract.keys import Keys
 
@@ -51,11 +49,13 @@ RECONNECT_MAX_S = 2.0
 class EventHub:
     """Fan-out of job events from one pattern subscription to in-process inboxes."""
 
-    def __init__(self, redis_url: str, keys: Keys) -> None:
-        self._url = redis_url
+    def __init__(self, target: RedisTarget, keys: Keys) -> None:
+        self._target = target
         self._keys = keys
         self._inboxes: dict[str, set[asyncio.Queue[Message]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self.draining = False
+        """Set when the gateway stops: every inbox, and every new one, gets ``CLOSED``."""
         self._session_connected = False
         self.connected = asyncio.Event()
 
@@ -73,10 +73,18 @@ class EventHub:
             self._task = None
         self._broadcast(CLOSED)
 
+    def drain(self) -> None:
+        """The gateway is stopping: waiting requests answer now (202 with the job's URL) and
+        event streams end (clients reconnect to another gateway and resume)."""
+        self.draining = True
+        self._broadcast(CLOSED)
+
     @contextlib.contextmanager
     def subscribe(self, job_id: str) -> Iterator[asyncio.Queue[Message]]:
         """An inbox receiving the job's events while the ``with`` block runs."""
         inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
+        if self.draining:
+            inbox.put_nowait(CLOSED)
         self._inboxes[job_id].add(inbox)
         try:
             yield inbox
@@ -107,7 +115,7 @@ class EventHub:
             delay = min(delay * 2, RECONNECT_MAX_S)
 
     async def _listen(self) -> None:
-        client = Redis.from_url(self._url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+        client = async_client(self._target, retries=0, socket_connect_timeout=2.0)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.psubscribe(self._keys.events_pattern)

@@ -21,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from app.contract.connection import async_client
 from app.contract.keys import Keys
 from app.events import EventHub
 from app.identity import KeyRing
@@ -29,10 +30,10 @@ from app.logs import configure_logging
 from app.metrics import HttpMetrics, MetricsMiddleware
 from app.middleware import ProblemCORSMiddleware, RequestContext
 from app.problems import PROBLEM_JSON, install_problem_handlers
-from app.queue import JobQueue, make_redis
+from app.queue import JobQueue
 from app.routes import catalog, explanations, health, jobs
 from app.routes.admission import allowed_hosts
-from app.settings import Settings, get_settings
+from app.settings import Settings, get_settings, redis_target
 from app.webhooks import WebhookSender
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -63,13 +64,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys = Keys(settings.key_prefix)
-        redis = make_redis(settings.redis_url)
+        target = redis_target(settings)
+        redis = async_client(target, socket_connect_timeout=2.0, socket_timeout=10.0,
+                             health_check_interval=30)  # fmt: skip
         app.state.queue = queue = JobQueue(
-            redis, keys, job_ttl_s=settings.job_ttl_s, max_queue_depth=settings.max_queue_depth
+            redis,
+            keys,
+            job_ttl_s=settings.job_ttl_s,
+            max_queue_depth=settings.max_queue_depth,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         app.state.limiter = RateLimiter(redis, keys)
         app.state.decoding = asyncio.Semaphore(max(1, settings.max_decoding))
-        app.state.hub = hub = EventHub(settings.redis_url, keys)
+        app.state.hub = hub = EventHub(target, keys)
         webhooks = WebhookSender(redis, keys, queue, keyring, allowed_hosts(settings))
         await hub.start()
         await webhooks.start()
@@ -90,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyring = keyring
+    app.state.draining = False
     app.state.http_metrics = HttpMetrics()
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.http_metrics)
@@ -103,6 +112,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _mount_web(app)
     app.openapi = lambda: _openapi(app, open_service=keyring.open)  # type: ignore[method-assign]
     return app
+
+
+def begin_drain(app: FastAPI) -> None:
+    """The gateway is stopping: readiness fails, waiting requests answer at once, event
+    streams end (called from the SIGTERM handler of ``python -m app``)."""
+    app.state.draining = True
+    hub: EventHub | None = getattr(app.state, "hub", None)
+    if hub is not None:
+        hub.drain()
 
 
 def _mount_docs(app: FastAPI) -> None:

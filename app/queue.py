@@ -16,10 +16,6 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.contract.jobs import (
     JobEnvelope,
@@ -106,20 +102,6 @@ already final, {2, previous} cancelled now."""
 
 WORKERS_CACHE_S = 1.0
 """How long a read of the live workers is reused (a miss on a model re-reads at once)."""
-
-
-def make_redis(url: str) -> Redis:
-    """The gateway's command client: short timeouts; a command that meets a dead connection
-    (every pooled one is, after a Redis restart) reconnects and is retried up to 4 times,
-    10 ms to 0.5 s apart, before the error surfaces as a 503."""
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=2.0,
-        socket_timeout=10.0,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 4),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=30,
-    )
 
 
 @dataclass(frozen=True)
@@ -260,11 +242,24 @@ class _WorkersCache:
 class JobQueue:
     """Async facade over Redis for the gateway: enqueue, read, cancel, workers, metrics."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, job_ttl_s: int, max_queue_depth: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        job_ttl_s: int,
+        max_queue_depth: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.job_ttl_s = job_ttl_s
         self.max_queue_depth = max_queue_depth
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.replica_shortfalls = 0
+        """Enqueues that went on with fewer replicas than asked (WAIT timed out)."""
         self._enqueue = redis.register_script(_ENQUEUE)
         self._reuse = redis.register_script(_REUSE)
         self._cancel = redis.register_script(_CANCEL)
@@ -321,7 +316,17 @@ class JobQueue:
         if outcome == 2:
             job_id, _, digest = _text(value).partition(" ")
             return Enqueued(accepted=False, reason="replayed", job_id=job_id, digest=digest)
+        await self.replicated()
         return Enqueued(accepted=True, stream_id=_text(value))
+
+    async def replicated(self) -> int:
+        """``WAIT`` for the configured replicas (0: do not wait); the replicas that acked."""
+        if self.wait_replicas <= 0:
+            return 0
+        acked = int(await self.redis.wait(self.wait_replicas, self.wait_timeout_ms))
+        if acked < self.wait_replicas:
+            self.replica_shortfalls += 1
+        return acked
 
     async def reuse(self, job: NewJob, cache_digest: str) -> bool:
         """Answer ``job`` from the stored result of identical work, if there is one: a new

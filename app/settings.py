@@ -11,6 +11,8 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.contract.connection import RedisTarget
+
 
 class Settings(BaseSettings):
     """Every knob of the service; the README's configuration table lists them."""
@@ -20,6 +22,22 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis holding the job streams, records and results.",
+    )
+    redis_sentinels: str = Field(
+        "",
+        description="Sentinels (host:port, comma-separated) to ask for the Redis primary; with "
+        "them, XPLAIN_REDIS_URL gives only the database number and credentials.",
+    )
+    redis_sentinel_master: str = Field(
+        "xplain", description="The master name the sentinels monitor."
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        description="Replicas an enqueue and a result write wait for (Redis WAIT) before they "
+        "count as done; 0: none (a failover may lose the last writes).",
+    )
+    redis_wait_timeout_ms: int = Field(
+        100, description="Longest an enqueue or result write waits for its replicas."
     )
     key_prefix: str = Field(
         "xplain", description="Prefix of every Redis key and channel (isolates deployments/tests)."
@@ -128,6 +146,16 @@ class Settings(BaseSettings):
         0, description="torch.set_num_threads on a worker (0: torch's default)."
     )
     worker_name: str | None = Field(None, description="Consumer name (default: host-pid).")
+    health_file: str | None = Field(
+        None,
+        description="A file the worker touches at every heartbeat once its models are loaded "
+        "(for container probes: alive while it is fresh).",
+    )
+
+
+def redis_target(settings: Settings) -> RedisTarget:
+    """Where the settings say Redis is."""
+    return RedisTarget(settings.redis_url, settings.redis_sentinels, settings.redis_sentinel_master)
 
 
 @lru_cache

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -553,12 +554,14 @@ class Worker:
 
 
 class Heartbeat(threading.Thread):
-    """Announces the worker and refreshes its in-flight entries every ``interval_s``."""
+    """Announces the worker and refreshes its in-flight entries every ``interval_s``; touches
+    ``health_file`` (if any) after each successful beat, for container probes."""
 
-    def __init__(self, worker: Worker, interval_s: float) -> None:
+    def __init__(self, worker: Worker, interval_s: float, health_file: str | None = None) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.worker = worker
         self.interval_s = interval_s
+        self.health_file = Path(health_file) if health_file else None
         self.halt = threading.Event()
 
     def beat(self) -> None:
@@ -566,6 +569,8 @@ class Heartbeat(threading.Thread):
         queue, runtime = self.worker.queue, self.worker.runtime
         queue.announce(runtime.announcement(self.worker.jobs_done))
         queue.refresh_in_flight()
+        if self.health_file is not None:
+            self.health_file.touch()
 
     def run(self) -> None:
         """Beat until halted; Redis trouble is logged and retried at the next beat."""

@@ -16,9 +16,10 @@ from types import FrameType
 
 import redis
 
+from app.contract.connection import sync_client
 from app.contract.keys import Keys
 from app.logs import configure_logging
-from app.settings import Settings, get_settings
+from app.settings import Settings, get_settings, redis_target
 from workers.loop import Heartbeat, Worker
 from workers.queue import WorkerQueue
 from workers.runtime import Runtime, build_runtime
@@ -45,7 +46,7 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 def make_queue(settings: Settings, runtime: Runtime) -> WorkerQueue:
     """The Redis side of this worker, configured from ``settings``."""
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = sync_client(redis_target(settings), health_check_interval=30)
     return WorkerQueue(
         client,
         Keys(settings.key_prefix),
@@ -55,6 +56,8 @@ def make_queue(settings: Settings, runtime: Runtime) -> WorkerQueue:
         max_attempts=settings.max_attempts,
         job_ttl_s=settings.job_ttl_s,
         heartbeat_ttl_s=settings.heartbeat_ttl_s,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
 
 
@@ -72,7 +75,7 @@ def serve(settings: Settings, stop: threading.Event) -> int:
         ageing=settings.scheduler_ageing,
         pass_budget_s=settings.pass_budget_ms / 1000.0,
     )
-    heartbeat = Heartbeat(worker, settings.heartbeat_interval_s)
+    heartbeat = Heartbeat(worker, settings.heartbeat_interval_s, settings.health_file)
     while not stop.is_set():  # the first announcement waits for Redis
         try:
             heartbeat.beat()

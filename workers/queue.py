@@ -174,6 +174,8 @@ class WorkerQueue:
         max_attempts: int,
         job_ttl_s: int,
         heartbeat_ttl_s: float,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -183,6 +185,8 @@ class WorkerQueue:
         self.max_attempts = max_attempts
         self.job_ttl_s = job_ttl_s
         self.heartbeat_ttl_ms = max(1, int(heartbeat_ttl_s * 1000))
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._in_flight: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._admit = client.register_script(_ADMIT)
@@ -355,6 +359,8 @@ class WorkerQueue:
             else:
                 self._queue_fail(pipe, job, now)
         written = [bool(reply) for reply in pipe.execute()]
+        if self.wait_replicas > 0:  # a failover must not lose a result a client may have seen
+            self.client.wait(self.wait_replicas, self.wait_timeout_ms)
         for job in jobs:
             if job.entry_id:
                 self._untrack(job.lane, job.entry_id)

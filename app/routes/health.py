@@ -22,9 +22,12 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": ProblemDetail}})
-async def readyz(queue: QueueDep) -> Readiness:
-    """Readiness: Redis answers and at least one worker is alive (503 problem otherwise)."""
+async def readyz(request: Request, queue: QueueDep) -> Readiness:
+    """Readiness: Redis answers and at least one worker is alive (503 problem otherwise, and
+    while the gateway drains on its way out)."""
     retry = {"Retry-After": "2"}
+    if request.app.state.draining:
+        raise ProblemError(503, "the gateway is shutting down", kind="not-ready", headers=retry)
     try:
         await queue.ping()
         served = await queue.served_models(fresh=True)
