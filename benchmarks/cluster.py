@@ -163,7 +163,7 @@ def running_cluster(
     conf.write_text(NGINX_CONF.format(work=work, servers=servers, port=nginx_port))
     try:
         cluster.spawn("redis", [redis_bin, "--port", str(redis_port), "--save", "",
-                                "--appendonly", "no"])  # fmt: skip
+                                "--appendonly", "no", "--dir", str(work)])  # fmt: skip
         wait_until(redis.Redis(port=redis_port).ping, 10, "redis")
         for index in range(workers):
             cluster.start_worker(index)

@@ -88,7 +88,11 @@ def running_stack(
         )
 
     try:
-        spawn([redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no"], "redis")
+        spawn(
+            [redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            "redis",
+        )  # fmt: skip
         wait_until(redis.Redis(port=redis_port).ping, 10, "redis")
         for index in range(workers):
             name = "worker" if workers == 1 else f"worker{index + 1}"

@@ -48,7 +48,8 @@ class Replicated:
         self.processes[name] = subprocess.Popen([binary, *args], stdout=log, stderr=log)
 
     def start(self) -> None:
-        common = ["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
+        common = ["--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
+                  "--dir", str(self.work)]  # fmt: skip
         self.spawn("primary", ["--port", str(self.primary), *common])
         wait_for(lambda: _pings(self.primary), 10, "the primary")
         self.spawn("replica", ["--port", str(self.replica), *common,
