@@ -2,7 +2,8 @@
 
 * ``xplain_http_requests_total{method,route,status}`` and
   ``xplain_http_request_duration_seconds{method,route}``, by route *template*
-  (``/v1/jobs/{job_id}``), so job ids never become label values.
+  (``/v1/jobs/{job_id}``), so job ids never become label values; and
+  ``xplain_redis_replica_shortfalls_total`` (enqueues whose ``WAIT`` timed out).
 * At scrape time, from Redis: ``xplain_queue_depth{lane}`` (entries in the lane stream, queued
   or in flight), ``xplain_workers_live``, ``xplain_redis_up``, and the counters and histograms
   the workers add to the ``metrics`` hash (docs/PROTOCOL.md): ``xplain_jobs_total{method,status}``,
@@ -183,7 +184,30 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def exposition(http: HttpMetrics, snapshot: Snapshot | None) -> bytes:
+class GatewayCollector:
+    """This gateway's own counters that live outside the HTTP registry."""
+
+    def __init__(self, replica_shortfalls: int) -> None:
+        self.replica_shortfalls = replica_shortfalls
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the families (the interface ``generate_latest`` expects)."""
+        shortfalls = CounterMetricFamily(
+            "xplain_redis_replica_shortfalls",
+            "Enqueues whose WAIT timed out before XPLAIN_REDIS_WAIT_REPLICAS replicas acked "
+            "(those jobs could be lost in a failover).",
+        )
+        shortfalls.add_metric([], float(self.replica_shortfalls))
+        yield shortfalls
+
+
+def exposition(
+    http: HttpMetrics, snapshot: Snapshot | None, replica_shortfalls: int = 0
+) -> bytes:
     """The Prometheus text exposition of everything above."""
-    collectors: Iterable[object] = (http.registry, SnapshotCollector(snapshot))
+    collectors: Iterable[object] = (
+        http.registry,
+        GatewayCollector(replica_shortfalls),
+        SnapshotCollector(snapshot),
+    )
     return b"".join(generate_latest(c) for c in collectors)  # type: ignore[arg-type]

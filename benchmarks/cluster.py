@@ -197,7 +197,8 @@ class Tally:
 
 
 def image_png(seed: int, size: int) -> bytes:
-    """A noise image."""
+    """A noise image (one per seed: no two jobs are identical work, which the gateway would
+    answer from the stored result)."""
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3)).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
@@ -210,7 +211,7 @@ async def one_job(
     """Submit one job, poll it to its end; record latency, failures and the job."""
     job = mix[turn % len(mix)]
     data = {"wait": "10", **{k: v if isinstance(v, str) else json.dumps(v) for k, v in job.items()}}
-    files = {"file": ("x.png", image_png(turn % 32, size), "image/png")}
+    files = {"file": ("x.png", image_png(turn, size), "image/png")}
     started = time.perf_counter()
     try:
         response = await client.post("/v1/explanations", data=data, files=files,
@@ -245,7 +246,9 @@ async def faults(
     if rolling:
         await asyncio.sleep(seconds / 3)
         code = await asyncio.to_thread(cluster.stop, "gateway1", signal.SIGTERM)
-        tally.events.append(f"{loop.time() - start:.1f} s: gateway 1 drained, exit code {code}")
+        # uvicorn re-raises SIGTERM once its graceful shutdown is done: -15 is a clean drain
+        how = "by SIGTERM after its drain" if code == -signal.SIGTERM else f"with code {code}"
+        tally.events.append(f"{loop.time() - start:.1f} s: gateway 1 drained, exited {how}")
         cluster.start_gateway(1)
         await asyncio.to_thread(wait_until, lambda: cluster.gateway_ready(1), 60, "gateway 1")
         tally.events.append(f"{loop.time() - start:.1f} s: gateway 1 back")

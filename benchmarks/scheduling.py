@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.stack import REPO, running_stack
+from benchmarks.stack import REPO, distinct, running_stack
 
 RESULTS = REPO / "benchmarks" / "results" / "scheduling.md"
 MIX = ("fmo", "occlusion", "gradcam", "lime", "rise")
@@ -73,7 +73,7 @@ def post(
     response = client.post(
         "/v1/explanations",
         data=data,
-        files={"file": ("scene.png", image, "image/png")},
+        files={"file": ("scene.png", distinct(image), "image/png")},
         params={"heatmap_data": "false"},
     )
     if response.status_code not in (200, 202):
@@ -222,8 +222,8 @@ def gradcam_resnet(root: Path, threads: int, rounds: int) -> dict[str, float]:
     service_ms, captum_ms = [], []
     with running_stack(env, root=root) as stack, httpx.Client(base_url=stack.url, timeout=300) as c:
         data = {"method": "gradcam", "model": "resnet18", "wait": "60"}
-        files = {"file": ("x.png", image, "image/png")}
         for index in range(rounds + 2):
+            files = {"file": ("x.png", distinct(image), "image/png")}
             job = c.post("/v1/explanations", data=data, files=files,
                          params={"heatmap_data": "false"}).json()  # fmt: skip
             started = time.perf_counter()

@@ -54,7 +54,8 @@ async def metrics(request: Request, queue: QueueDep) -> Response:
         snapshot = await queue.snapshot()
     except RedisError:
         snapshot = None
-    return Response(exposition(request.app.state.http_metrics, snapshot), media_type=CONTENT_TYPE)
+    body = exposition(request.app.state.http_metrics, snapshot, queue.replica_shortfalls)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 @router.get(

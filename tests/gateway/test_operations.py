@@ -72,6 +72,21 @@ def test_metrics_export_http_queue_and_worker_series(
     assert values[("xplain_batch_size_sum", ())] == 3
 
 
+def test_an_enqueue_without_its_replicas_is_counted(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    # The test Redis has no replica: WAIT 1 times out, the job is still queued, and the
+    # shortfall shows in the metrics (an operator's alert that acknowledged jobs are at risk).
+    gateway = make_gateway(redis_wait_replicas=1, redis_wait_timeout_ms=20)
+    gateway.announce()
+    before = samples(gateway.http.get("/metrics").text)
+    assert before[("xplain_redis_replica_shortfalls_total", ())] == 0
+    assert post_image(gateway, wait="0").status_code == 202
+    after = samples(gateway.http.get("/metrics").text)
+    assert after[("xplain_redis_replica_shortfalls_total", ())] == 1
+    assert after[("xplain_queue_depth", (("lane", "fast"),))] == 1
+
+
 def test_api_key_guards_v1_only(make_gateway: Callable[..., Gateway]) -> None:
     gateway = make_gateway(api_key="s3cret")
     missing = gateway.http.get("/v1/methods")
