@@ -201,9 +201,7 @@ class GatewayCollector:
         yield shortfalls
 
 
-def exposition(
-    http: HttpMetrics, snapshot: Snapshot | None, replica_shortfalls: int = 0
-) -> bytes:
+def exposition(http: HttpMetrics, snapshot: Snapshot | None, replica_shortfalls: int = 0) -> bytes:
     """The Prometheus text exposition of everything above."""
     collectors: Iterable[object] = (
         http.registry,
