@@ -32,13 +32,13 @@ torchvision.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-step tests 120 python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" \
+step tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" \
   tests/worker/test_scheduler_cuda.py tests/explainers/perturbation/test_perturbation_gpu.py \
   tests/explainers/metrics/test_metric_cuda.py tests/zoo/test_demo.py \
   tests/explainers/perturbation/test_perturbation_engine.py
-step throughput 150 python3 -m benchmarks.throughput --model resnet50 --device cuda \
+step throughput 130 python3 -m benchmarks.throughput --model resnet50 --device cuda \
   --jobs 16 --budget-s 6 --json "$OUT/throughput.json"
-step cam 90 python3 -m benchmarks.cam --models resnet50 --batches 1 32 --device cuda
-step propagation 60 python3 -m benchmarks.propagation --models resnet50 --device cuda
-step perturbation 120 python3 -m benchmarks.perturbation --models resnet50 --device cuda \
+step cam 75 python3 -m benchmarks.cam --models resnet50 --batches 1 32 --device cuda
+step propagation 50 python3 -m benchmarks.propagation --models resnet50 --device cuda
+step perturbation 90 python3 -m benchmarks.perturbation --models resnet50 --device cuda \
   --skip fmo --demo-scenes 0 --repeats 2
