@@ -4,6 +4,7 @@
 # throughput and the CAM, propagation and perturbation benchmarks against the reference
 # libraries on CUDA. Each step has its own time limit, so a slow one cannot starve the rest.
 #
+# STEPS="tests throughput" runs only those steps.
 # The machine's Python must have torch + torchvision; the project's other dependencies can
 # travel as wheels in .whl/ (installed into /tmp/site when present).
 set -u
@@ -16,9 +17,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 
+STEPS=${STEPS:-tests throughput cam propagation perturbation}
 step() {  # step NAME SECONDS COMMAND...: run with a limit, output to $OUT/NAME.txt
   local name=$1 limit=$2
   shift 2
+  [[ " $STEPS " == *" $name "* ]] || return 0
   echo "== $name (limit ${limit}s)"
   local started=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -158,10 +159,17 @@ class Batcher:
             parts = [request.inputs[start:stop] for request, start, stop in take]
             x = parts[0] if len(parts) == 1 else torch.cat(parts)
             started = time.perf_counter()
+            failure: Exception | None = None
             try:
                 logits = forward_logits(self.model, x, take[0][0].precision, self.channels_last)
             except Exception as error:
-                self._after_failure(take, error)
+                # retried after the ``except`` block, without the traceback (kept as text in a
+                # note): its frames would keep the failed pass's activations alive
+                error.add_note("".join(traceback.format_tb(error.__traceback__)))
+                failure = error.with_traceback(None)
+            if failure is not None:
+                del x, parts
+                self._after_failure(take, failure)
                 return
         seconds = time.perf_counter() - started
         self.stats.seconds += seconds

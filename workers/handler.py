@@ -188,33 +188,39 @@ class ExplainCall:
     job_ids: list[str] = field(default_factory=list)
 
     def run(self, rows: list[int], batch_size: int | None) -> dict[int, RowOutput]:
-        """Explain ``rows``; a failure is confined to the rows that cause it."""
+        """Explain ``rows``; a failure is confined to the rows that cause it.
+
+        Retries happen after the ``except`` block, with the failure's traceback dropped: its
+        frames would keep the failed call's activations alive through the retry (on a GPU,
+        the very memory an out-of-memory retry needs).
+        """
+        failure: Exception | None = None
         try:
             return self._call(rows, batch_size)
         except Cancelled:
             raise
-        except (torch.OutOfMemoryError, RuntimeError) as error:
-            if not is_out_of_memory(error):
-                return self._after_error(rows, batch_size, error)
-            return self._after_oom(rows, batch_size)
         except Exception as error:
-            return self._after_error(rows, batch_size, error)
-
-    def _after_error(
-        self, rows: list[int], batch_size: int | None, error: Exception
-    ) -> dict[int, RowOutput]:
-        """Re-run a failed group one row at a time; a lone row gets its problem."""
+            failure = error
+        if is_out_of_memory(failure):
+            failure = None
+            return self._after_oom(rows, batch_size)
         if len(rows) > 1:
+            failure = None
             return self._one_by_one(rows, batch_size)
+        assert failure is not None
+        return self._after_error(rows[0], failure)
+
+    def _after_error(self, row: int, error: Exception) -> dict[int, RowOutput]:
+        """A lone row's failure: its problem."""
         if isinstance(error, ValueError):  # ExplainerError is a ValueError
-            return {rows[0]: invalid(str(error))}
+            return {row: invalid(str(error))}
         log.error(
             "event=explainer_crash job_id=%s method=%s",
-            self._ids(rows),
+            self._ids([row]),
             self.method,
             exc_info=error,
         )
-        return {rows[0]: internal(f"{self.method} failed: {type(error).__name__}: {error}")}
+        return {row: internal(f"{self.method} failed: {type(error).__name__}: {error}")}
 
     def _call(self, rows: list[int], batch_size: int | None) -> dict[int, RowOutput]:
         params = dict(self.params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -233,6 +234,35 @@ def test_out_of_memory_halves_the_batch_until_it_fits(cpu: bool) -> None:
         sal = direct.saliency[row]
         expected = ((sal - sal.min()) / (sal.max() - sal.min())).numpy()
         np.testing.assert_allclose(outcome.heatmap, expected, atol=1e-5)  # type: ignore[arg-type]
+
+
+def test_a_failed_call_frees_its_activations_before_the_retry() -> None:
+    # Grad-CAM's gradient pass runs outside the batcher: the handler halves its batch; the
+    # failed call's frames must not keep its activations alive through the retry.
+    seen: list[bool] = []
+    last: list[weakref.ref[Tensor]] = []
+
+    class Hoarding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build()
+            self.features = self.net.features
+
+        def forward(self, x: Tensor) -> Tensor:
+            if not torch.is_inference_mode_enabled():
+                if last:
+                    seen.append(last[-1]() is not None)
+                activation = torch.ones(x.shape[0], 1 << 16)
+                last.append(weakref.ref(activation))
+                if x.shape[0] > 1:
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.net(x)
+
+    handle = make_handle(Hoarding())
+    jobs = [make_job("gradcam", {}, n=i) for i in range(2)]
+    outcomes = run_group(context(handle), jobs, [random_png(5), random_png(6)])
+    assert all(o.result is not None for o in outcomes), [o.problem for o in outcomes]
+    assert seen and not any(seen)
 
 
 @pytest.mark.parametrize("cpu", [False, True])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import pytest
 import torch
@@ -164,6 +165,38 @@ def test_out_of_memory_halves_a_pass_down_to_one_row() -> None:
     lone.add(doomed)
     lone.run([doomed])
     assert isinstance(doomed.error, torch.OutOfMemoryError)
+
+
+class Hoarding(nn.Module):
+    """Allocates a large activation, then runs out of memory above ``limit`` rows; records
+    whether the failed attempt's activation was still alive when the retry began."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.last: weakref.ref[Tensor] | None = None
+        self.alive_at_retry: list[bool] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.last is not None:
+            self.alive_at_retry.append(self.last() is not None)
+        activation = torch.ones(x.shape[0], 1 << 16)
+        self.last = weakref.ref(activation)
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("simulated")
+        return activation[:, :2] * x.flatten(1).mean(dim=1, keepdim=True)
+
+
+def test_a_failed_pass_frees_its_activations_before_the_retry() -> None:
+    # On a GPU the retry needs exactly the memory the failed attempt held; an exception's
+    # traceback would keep its frames (and their tensors) alive through the retry.
+    model = Hoarding(limit=2)
+    batcher = Batcher(model, batch_size=8, channels_last=False)
+    request = Request("r", torch.arange(8.0).view(8, 1, 1, 1))
+    batcher.add(request)
+    batcher.run([request])
+    assert request.result is not None
+    assert model.alive_at_retry and not any(model.alive_at_retry)
 
 
 def test_only_one_task_thread_runs_at_a_time() -> None:

@@ -9,11 +9,13 @@ from tests.explainers.perturbation.perturbation_models import TinyConvNet, handl
 from workers.explainers import get_explainer
 
 CUDA = torch.cuda.is_available()
+# Logit scores: this small random network's softmax probabilities all sit near 1/K and differ
+# by less than a half-precision step, so a probability score would compare rounding noise.
 CHEAP = {
     "occlusion": {"window": 8, "stride": 4, "score": "logit"},
     "fmo": {"score": "logit"},
     "rise": {"n_masks": 200},
-    "lime": {"num_samples": 100, "segmentation": "slic", "segments": 8},
+    "lime": {"num_samples": 100, "segmentation": "slic", "segments": 8, "score": "logit"},
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -179,3 +181,18 @@ def test_frozen_parameters_and_targets_out_of_range() -> None:
 
     with pytest.raises(ExplainerError, match="classes"):
         lrp_relevance(handle, images(1), torch.tensor([CLASSES]))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box"])
+def test_a_channels_last_model_gives_the_same_map(composite: str) -> None:
+    """The zoo stores models channels-last on CUDA; their views of channels-last activations
+    (``as_strided`` in the graph) are reshapes, which pass relevance unchanged."""
+    model = small_resnet("bottleneck").eval()
+    x, targets = images(2), torch.tensor([1, 4])
+    dense, _ = lrp_relevance(handle_for(model), x, targets, composite=composite)
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    ours, _ = lrp_relevance(
+        handle_for(nhwc), x.contiguous(memory_format=torch.channels_last), targets,
+        composite=composite,
+    )  # fmt: skip
+    torch.testing.assert_close(ours, dense, rtol=1e-4, atol=1e-6 * float(dense.abs().max()))

@@ -53,6 +53,8 @@ SIGN_KEEPING = frozenset(
         "TBackward0",
         "ExpandBackward0",
         "ConstantPadNdBackward0",
+        "AsStridedBackward0",  # a view of a channels-last tensor (how models run on CUDA)
+        "AsStridedBackward1",
     }
 )
 """Linear, constant-free operations: gradient = LRP rule; non-negative in, non-negative out."""
