@@ -407,8 +407,7 @@ def load_models(models_file: str | None, device: torch.device) -> dict[str, Mode
     for entry in entries:
         try:
             handle = build_handle(entry)
-            # torchvision's token models (ViT, Swin) have no spatial map to default to.
-            handles[entry.name] = prepare(handle, device, find_layer=entry.torchvision is None)
+            handles[entry.name] = prepare(handle, device)
         except (ModelsFileError, tv.TorchvisionError) as error:
             raise ModelsFileError(f"model {entry.name!r}: {error}") from error
     return handles

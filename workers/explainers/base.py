@@ -135,37 +135,12 @@ class ModelHandle:
             raise ExplainerError(f"model {self.name!r} has no layer {name!r}") from error
 
     def _find_last_spatial_layer(self) -> str:
-        """Name of the last module (in execution order) whose output is ``(B, C, h, w)``."""
-        if self._auto_layer:
-            return self._auto_layer[0]
-        seen: list[str] = []
-        handles = []
-        for module_name, module in self.model.named_modules():
-            if not module_name:
-                continue
+        """The automatic layer (``layer_choice.py``), found once per handle."""
+        if not self._auto_layer:
+            from workers.explainers.layer_choice import find_auto_layer
 
-            def hook(_m: nn.Module, _i: Any, out: Any, module_name: str = module_name) -> None:
-                if isinstance(out, Tensor) and out.dim() == 4 and min(out.shape[-2:]) > 1:
-                    seen.append(module_name)
-
-            handles.append(module.register_forward_hook(hook))
-        try:
-            probe = torch.zeros(1, len(self.mean), *self.input_size, device=self.device)
-            with torch.inference_mode():
-                self.model(probe)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if not seen:
-            raise ExplainerError(f"model {self.name!r} has no layer with a spatial output")
-        # The outermost module that produced the last spatial output: prefer containers
-        # (e.g. `layer4`) over their last leaf, as the reference libraries do.
-        last = seen[-1]
-        for candidate in reversed(seen):
-            if last.startswith(candidate + ".") or candidate == last:
-                chosen = candidate
-        self._auto_layer.append(chosen)
-        return chosen
+            self._auto_layer.append(find_auto_layer(self))
+        return self._auto_layer[0]
 
 
 def resolve_targets(targets: Tensor, logits: Tensor) -> Tensor:

@@ -10,6 +10,9 @@ the model-facing part:
   interact in eval mode, so back-propagating ``Σ_b S_{c_b}(x_b)`` gives every row the gradient
   of its own target. Hooks live only inside the call; gradients are taken with
   ``torch.autograd.grad`` (no ``.grad`` is written on parameters).
+* Layer outputs are read as ``(B, C, h, w)`` maps whatever their layout (channels-last maps
+  permuted, transformer tokens laid out on their patch grid: ``layouts.py``); an output with
+  no grid is refused rather than mis-read.
 * :func:`finish_maps` applies the final ReLU and refuses a layer whose map is all zero before
   the ReLU (no activation or no gradient reaches it), which would otherwise come back blank.
 * :func:`explanation` up-samples to the input size and builds the per-row metadata.
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 from workers.explainers.base import ExplainerError, Explanation, ModelHandle, resolve_targets
 from workers.explainers.cam.formulas import weighted_sum
 from workers.explainers.hooks import capture_many
+from workers.explainers.layouts import Layout, spatial_view
 from workers.explainers.postprocess import upsample
 
 
@@ -61,12 +65,10 @@ def resolve_layers(
     return [name for name, _ in resolved], [module for _, module in resolved], source
 
 
-def _check_spatial(name: str, activation: Tensor) -> None:
-    if activation.dim() != 4:
-        raise ExplainerError(
-            f"layer {name!r} outputs shape {tuple(activation.shape)}; CAM methods need a "
-            "(B, C, h, w) feature map: choose a convolutional layer"
-        )
+def _layout(handle: ModelHandle, name: str, activation: Tensor, inputs: Tensor) -> Layout:
+    """How layer ``name``'s output holds its grid (ExplainerError if it has none)."""
+    size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+    return spatial_view(name, activation, size, handle.model)[1]
 
 
 @dataclass
@@ -80,6 +82,9 @@ class LayerPass:
     """Indices of the requested layers sorted by when they ran (shallow to deep)."""
     targets: Tensor
     """The rows' classes, top-1 requests resolved from this pass's logits."""
+    layouts: list[Layout] = field(default_factory=list)
+    """How each layer's output held its grid (activations and gradients are ``(B, C, h, w)``
+    views of it)."""
 
 
 def _hooked_forward(
@@ -126,18 +131,21 @@ def layer_gradients(
             logits, chosen, score, activations, steps = _hooked_forward(
                 handle, x, targets, modules, True
             )
-        for name, activation in zip(names, activations, strict=True):
-            _check_spatial(name, activation)
+        layouts = [
+            _layout(handle, name, activation, x)
+            for name, activation in zip(names, activations, strict=True)
+        ]
         if not score.requires_grad:
             raise ExplainerError(f"the target does not depend on layer {names[0]!r}")
         gradients = torch.autograd.grad(score, activations, allow_unused=True)
     out: list[Tensor] = []
-    for name, gradient in zip(names, gradients, strict=True):
+    for name, gradient, layout in zip(names, gradients, layouts, strict=True):
         if gradient is None:
             raise ExplainerError(f"the target does not depend on layer {name!r}")
-        out.append(gradient.detach())
+        out.append(layout.to_map(gradient.detach()))
     order = sorted(range(len(steps)), key=steps.__getitem__)
-    return LayerPass(logits.detach(), [a.detach() for a in activations], out, order, chosen)
+    maps = [layout.to_map(a.detach()) for a, layout in zip(activations, layouts, strict=True)]
+    return LayerPass(logits.detach(), maps, out, order, chosen, layouts)
 
 
 def layer_activations(
@@ -147,8 +155,8 @@ def layer_activations(
     with torch.inference_mode(), capture_many([module], gradients=False) as (record,):
         logits = handle.model(inputs)
         activation = record.activation
-    _check_spatial(name, activation)
-    return activation, logits.float()
+    layout = _layout(handle, name, activation, inputs)
+    return layout.to_map(activation), logits.float()
 
 
 def finish_maps(raw: Tensor, layer: str, method: str) -> tuple[Tensor, list[str | None]]:
@@ -184,7 +192,9 @@ def gradient_cam(
     got = layer_gradients(handle, inputs, targets, names, modules)
     A, G = got.activations[0], got.gradients[0]
     maps, notes = finish_maps(weighted_sum(weights(A, G), A), names[0], method)
-    meta = {"forward_passes": 1, "backward_passes": 1}
+    meta: dict[str, Any] = {"forward_passes": 1, "backward_passes": 1}
+    if got.layouts[0].kind != "nchw":
+        meta["layer_layout"] = got.layouts[0].describe()
     return CamResult(names[0], maps, source, meta, notes, logits=got.logits, targets=got.targets)
 
 
