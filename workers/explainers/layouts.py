@@ -73,9 +73,7 @@ def _same_stride(input_size: tuple[int, int], h: int, w: int) -> bool:
     return abs(along_h - along_w) <= STRIDE_TOLERANCE * max(along_h, along_w)
 
 
-def _token_grid(
-    count: int, input_size: tuple[int, int], prefix: int
-) -> tuple[int, int] | None:
+def _token_grid(count: int, input_size: tuple[int, int], prefix: int) -> tuple[int, int] | None:
     """The patch grid of ``count − prefix`` tokens with the image's aspect ratio, if any."""
     patches = count - prefix
     if patches < 4:
