@@ -212,6 +212,11 @@ class ModelOut(BaseModel):
     std: list[float] = Field(description="Per-channel normalisation std.")
     default_layer: str | None = Field(description="Layer used when `layer` is not given.")
     layers: list[str] = Field(description="Dotted module names usable as the `layer` parameter.")
+    unsupported: dict[str, str] = Field(
+        default_factory=dict,
+        description="Methods this model cannot run at their defaults, with the reason (the "
+        "worker tries them at load); a layer-based one still runs with an explicit `layer`.",
+    )
     workers: int = Field(description="Live workers serving it.")
     lanes: list[str] = Field(description="Cost lanes served for it (`fast`, `slow`).")
     devices: list[str] = Field(description="Devices of those workers.")

@@ -117,8 +117,14 @@ def describe(handle: ModelHandle, batch_size: int) -> ModelInfo:
         forward_ms,
         gradient_ms,
     )
-    timings = {"forward_ms": round(forward_ms, 4), "gradient_ms": round(gradient_ms, 4)}
-    return model_info(handle).model_copy(update=timings)
+    from workers.support import unsupported_methods
+
+    facts = {
+        "forward_ms": round(forward_ms, 4),
+        "gradient_ms": round(gradient_ms, 4),
+        "unsupported": unsupported_methods(handle),
+    }
+    return model_info(handle).model_copy(update=facts)
 
 
 def build_runtime(settings: Settings) -> Runtime:

@@ -431,16 +431,22 @@ def model_info(handle: ModelHandle) -> ModelInfo:
 
 
 def layer_channels(handle: ModelHandle) -> dict[str, int]:
-    """Channels of every module whose output is ``(B, C, h, w)``, from one probe forward."""
+    """Channels of every module whose output is a spatial map (``layouts.py``: convolution
+    maps, channels-last maps, transformer tokens), from one probe forward."""
+    from workers.explainers.layouts import infer_layout, prefix_tokens
+
     channels: dict[str, int] = {}
+    prefix = prefix_tokens(handle.model)
     hooks = []
     for name, module in handle.model.named_modules():
         if not name:
             continue
 
         def record(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, torch.Tensor) and out.dim() == 4:
-                channels[name] = int(out.shape[1])
+            if isinstance(out, torch.Tensor):
+                layout = infer_layout(tuple(out.shape), handle.input_size, prefix)
+                if layout is not None:
+                    channels[name] = int(out.shape[1 if layout.kind == "nchw" else -1])
 
         hooks.append(module.register_forward_hook(record))
     try:

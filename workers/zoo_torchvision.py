@@ -34,8 +34,9 @@ RegNet              ``trunk_output``             last stage
 ShuffleNet v2       ``conv5``                    last conv block
 SqueezeNet          ``features``                 last Fire module
 MaxViT              ``blocks.<last>``            last stage, ``(B, C, h, w)`` output
-ViT / Swin          none                         their outputs are tokens, not ``(B, C, h,
-                                                 w)`` maps: name a layer explicitly
+ViT / Swin          none in this table           found at load by a probe backward
+                                                 (``layer_choice.py``): a ViT's last-block
+                                                 ``ln_1``, a Swin's ``permute``
 ==================  ===========================  =========================================
 """
 

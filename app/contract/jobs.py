@@ -112,7 +112,9 @@ class ModelInfo(BaseModel):
     layers: list[str] = Field(description="Dotted names usable as `layer`.")
     architecture: str = ""
     layer_channels: dict[str, int] = Field(
-        default_factory=dict, description="Channels of each layer with a (B, C, h, w) output."
+        default_factory=dict,
+        description="Channels of each layer with a spatial output ((B, C, h, w), channels-last "
+        "or transformer tokens on a patch grid).",
     )
     forward_ms: float = Field(
         0.0,
@@ -125,6 +127,11 @@ class ModelInfo(BaseModel):
     )
     max_image_pixels: int | None = Field(
         None, description="Largest upload (width x height) for this model (None: the gateway's)."
+    )
+    unsupported: dict[str, str] = Field(
+        default_factory=dict,
+        description="Methods this model cannot run at their defaults, with the reason (found "
+        "by the worker at load); a layer-based one still runs with an explicit `layer`.",
     )
 
 

@@ -61,6 +61,13 @@ async def resolve(
             kind="forbidden",
         )
     params = validate_params(spec, raw, served.info)
+    refusal = served.info.unsupported.get(spec.name)
+    if refusal and not (params.get("layer") or params.get("layers")):
+        raise ProblemError(
+            422,
+            f"method {spec.name!r} cannot run on model {served.info.name!r}: {refusal}",
+            kind="invalid-request",
+        )
     target = resolve_target(fields.target, served.info)
     passes = parse_params(spec.name, params).passes(served.info)
     cost = job_cost(passes, served.info, evaluate)

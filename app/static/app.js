@@ -6,7 +6,7 @@ const FINAL = ["succeeded", "failed", "cancelled"];
 const HIDDEN_PARAMS = new Set();  // parameter names not shown on the page
 const $ = (selector, root = document) => root.querySelector(selector);
 
-const state = { file: null, previewUrl: null, methods: [] };
+const state = { file: null, previewUrl: null, methods: [], models: [] };
 
 class ProblemError extends Error {}
 
@@ -50,6 +50,7 @@ function listOf(body, key) {
 async function loadModels() {
   const select = $("#model");
   const models = listOf(await (await api("/v1/models")).json(), "models");
+  state.models = models;
   select.replaceChildren(...models.map((m) => new Option(
     `${m.name} (${m.input_size[0]}×${m.input_size[1]}, ${m.num_classes} classes)`, m.name)));
   if (!models.length) showError("No worker is serving a model yet; reload when one is up.");
@@ -363,8 +364,40 @@ function wireKey() {
     if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
     $("#key-state").textContent = key ? "key set for this tab" : "";
     showError("");
-    Promise.all([loadModels(), loadMethods()]).catch((error) => showError(error.message));
+    loadCatalogue();
   });
+}
+
+// Methods the chosen model cannot run (found by its worker at load) are greyed out, with the
+// reason as their tooltip; a layer-based one can still run with a layer typed in.
+function markSupport() {
+  const model = state.models.find((m) => m.name === $("#model").value);
+  const unsupported = (model && model.unsupported) || {};
+  for (const method of state.methods) {
+    const row = $(`#m-${method.name}`)?.closest(".method");
+    if (!row) continue;
+    const reason = unsupported[method.name];
+    row.classList.toggle("unsupported", Boolean(reason));
+    row.querySelector("label").title = reason
+      ? `Not available for this model: ${reason}`
+      : `${method.summary || ""} — ${method.paper || ""}`;
+    const check = $(`#m-${method.name}`);
+    if (reason && check.checked && !hasLayer(method)) {
+      check.checked = false;
+      row.classList.remove("on");
+    }
+  }
+}
+
+function hasLayer(method) {
+  const input = document.querySelector(`#p-${method.name}-layer`);
+  return Boolean(input && input.value.trim());
+}
+
+function loadCatalogue() {
+  return Promise.all([loadModels(), loadMethods()])
+    .then(markSupport)
+    .catch((error) => showError(error.message));
 }
 
 function wireControls() {
@@ -378,5 +411,6 @@ window.addEventListener("DOMContentLoaded", () => {
   wireKey();
   wireUpload();
   wireControls();
-  Promise.all([loadModels(), loadMethods()]).catch((error) => showError(error.message));
+  $("#model").addEventListener("change", markSupport);
+  loadCatalogue();
 });

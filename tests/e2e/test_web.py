@@ -6,6 +6,7 @@ The screenshots are kept under the test's temporary directory (printed at the en
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.conftest import Service
+from tests.gateway.fakes import announce, model_info
 from tests.worker.support import png
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -150,3 +152,29 @@ def lambda_src_contains(fragment: str):  # type: ignore[no-untyped-def]
     import re
 
     return re.compile(re.escape(fragment))
+
+
+def test_methods_a_model_cannot_run_are_greyed_out_with_the_reason(
+    browser: Browser, live: Service
+) -> None:
+    # A second worker's announcement: a model whose LRP the worker found unsupported.
+    reason = "LRP: activation 'features.1' (Hardswish) is not supported"
+    announce(live.redis, live.keys, [model_info("hardswish", unsupported={"lrp": reason})],
+             worker_id="announcer")  # fmt: skip
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(live.url + "/")
+        expect(page.locator("#model option[value=hardswish]")).to_have_count(1)
+        lrp = page.locator("#methods .method").filter(has=page.locator("#m-lrp"))
+        page.select_option("#model", "tiny")
+        expect(lrp).not_to_have_class(re.compile("unsupported"))
+        page.check("#m-lrp")
+        page.select_option("#model", "hardswish")
+        expect(lrp).to_have_class(re.compile("unsupported"))
+        expect(page.locator("label[for=m-lrp]")).to_have_attribute("title", re.compile("Hardswish"))
+        expect(page.locator("#m-lrp")).not_to_be_checked()
+    finally:
+        context.close()
+        live.redis.delete(live.keys.worker("announcer"))
+        live.redis.zrem(live.keys.workers, "announcer")

@@ -38,6 +38,7 @@ def model_info(
     size: tuple[int, int] = (8, 8),
     forward_ms: float = 1.0,
     gradient_ms: float = 3.0,
+    unsupported: dict[str, str] | None = None,
 ) -> ModelInfo:
     """A small announced model: 3 classes, two layers, measured pass times."""
     return ModelInfo(
@@ -53,6 +54,7 @@ def model_info(
         layer_channels={"features.0": 8, "features.4": 16},
         forward_ms=forward_ms,
         gradient_ms=gradient_ms,
+        unsupported=unsupported or {},
     )
 
 

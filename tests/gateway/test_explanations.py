@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.contract.jobs import JobStatus
 from tests.gateway.conftest import Gateway, png_bytes, post_image, problem
-from tests.gateway.fakes import envelope_of, model_info, ramp, write_success
+from tests.gateway.fakes import announce, envelope_of, model_info, ramp, write_success
 
 
 def test_sync_multipart_returns_the_result_with_the_heatmap(gateway: Gateway) -> None:
@@ -149,3 +149,19 @@ def test_parameters_can_move_a_job_to_the_slow_lane(gateway: Gateway) -> None:
     assert cheap.status_code == 200 and costly.status_code == 200, costly.text
     lanes = {c.envelope.params["base"]: c.envelope.lane for c in worker.claimed}
     assert lanes == {"gradcam": "fast", "scorecam": "slow"}
+
+
+def test_a_method_the_model_cannot_run_is_refused_before_queueing(gateway: Gateway) -> None:
+    reason = "LRP: activation 'features.1' (Hardswish) is not supported"
+    refused = {"lrp": reason, "gradcam": "no spatial layer"}
+    announce(gateway.redis, gateway.keys, [model_info(unsupported=refused)])
+    listed = gateway.http.get("/v1/models").json()["models"][0]
+    assert listed["unsupported"]["lrp"] == reason
+    body = problem(post_image(gateway, method="lrp", wait="0"), 422)
+    assert "cannot run on model 'shapes'" in body["detail"] and "Hardswish" in body["detail"]
+    problem(post_image(gateway, method="gradcam", wait="0"), 422)
+    # A layer-based method still runs with an explicit layer.
+    layer = json.dumps({"layer": "features.0"})
+    named = post_image(gateway, method="gradcam", wait="0", params=layer)
+    assert named.status_code == 202, named.text
+    assert gateway.redis.xlen(gateway.keys.stream("fast")) == 1
