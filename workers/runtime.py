@@ -70,12 +70,14 @@ def parse_lanes(text: str) -> tuple[str, ...]:
 
 
 def warm_up_gradients(handle: ModelHandle) -> None:
-    """One forward and backward pass, so the first gradient job pays no first-call costs."""
+    """One forward and backward pass, so the first gradient job pays no first-call costs
+    (nothing for a model that gives no gradients, as an ONNX graph)."""
     probe = torch.zeros(1, len(handle.mean), *handle.input_size, device=handle.device)
     with torch.inference_mode(False), torch.enable_grad():
         x = probe.requires_grad_(True)
         score = handle.model(x).float().max(dim=1).values.sum()
-        torch.autograd.grad(score, x)
+        if score.requires_grad:
+            torch.autograd.grad(score, x)
 
 
 def measure_timings(handle: ModelHandle, batch_size: int, repeats: int = 2) -> tuple[float, float]:

@@ -30,8 +30,49 @@ def layer_methods() -> list[str]:
     return sorted(n for n, s in method_specs().items() if "layer" in s.params.model_fields)
 
 
+def differentiable(handle: ModelHandle) -> bool:
+    """Whether the model's logits carry gradients back to its input."""
+    probe = torch.zeros(1, len(handle.mean), *handle.input_size, device=handle.device)
+    with torch.inference_mode(False), torch.enable_grad():
+        return bool(handle.model(probe.requires_grad_(True)).requires_grad)
+
+
 def unsupported_methods(handle: ModelHandle) -> dict[str, str]:
     """``{method: reason}`` for the methods ``handle``'s model cannot run at their defaults."""
+    if not differentiable(handle):
+        refused = _without_gradients(handle)
+    elif handle.opaque:
+        refused = _without_layers(handle)
+    else:
+        refused = _probed(handle)
+    return dict(sorted(refused.items()))
+
+
+def _without_gradients(handle: ModelHandle) -> dict[str, str]:
+    """An ONNX graph: every method but the gradient-free ones."""
+    reason = (
+        f"model {handle.name!r} ({handle.architecture or 'a model file'}) gives no gradients "
+        "(ONNX Runtime runs outside autograd): only the gradient-free methods run (occlusion, "
+        "fmo, rise, lime)"
+    )
+    return {name: reason for name, spec in method_specs().items() if spec.family != "perturbation"}
+
+
+def _without_layers(handle: ModelHandle) -> dict[str, str]:
+    """A TorchScript module: gradients, but no layers to hook (no CAM, no propagation)."""
+    try:
+        handle.resolve_layer(None)
+    except ExplainerError as error:
+        return {
+            name: str(error)
+            for name, spec in method_specs().items()
+            if spec.family == "propagation" or "layer" in spec.params.model_fields
+        }
+    return {}
+
+
+def _probed(handle: ModelHandle) -> dict[str, str]:
+    """A PyTorch model: try the architecture-dependent methods on a probe image."""
     known = set(explainer_names())
     generator = torch.Generator().manual_seed(0)
     probe = torch.rand(1, len(handle.mean), *handle.input_size, generator=generator)
@@ -49,4 +90,4 @@ def unsupported_methods(handle: ModelHandle) -> dict[str, str]:
         reason = refused.pop("gradcam")
         for method in layer_methods():
             refused.setdefault(method, reason)
-    return dict(sorted(refused.items()))
+    return refused

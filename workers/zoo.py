@@ -1,7 +1,9 @@
 """The model zoo: which models a worker serves, loaded once at start.
 
 A TOML file (``XPLAIN_MODELS_FILE``) names them; without one, the bundled demo model
-``shapes`` alone is served. Two kinds of entry::
+``shapes`` alone is served. Four kinds of entry (two shown; ``torchscript = "model.pt"`` and
+``onnx = "model.onnx"`` name a file that holds its weights, with ``input_size`` and the
+preprocessing as for a factory: ``zoo_files.py``)::
 
     [[models]]
     name = "resnet50"                  # the name clients use
@@ -64,6 +66,8 @@ KEYS = frozenset(
         "target_layer",
         "num_classes",
         "max_image_pixels",
+        "torchscript",
+        "onnx",
     }
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -90,6 +94,8 @@ class ModelEntry:
     target_layer: str | None = None
     num_classes: int | None = None
     max_image_pixels: int | None = None
+    torchscript: Path | None = None
+    onnx: Path | None = None
 
 
 # --- parsing and validation -------------------------------------------------------------------
@@ -224,9 +230,10 @@ def parse_entry(raw: Mapping[str, Any], base_dir: Path) -> ModelEntry:
         raise ModelsFileError(
             f"name {name!r} must be 1-64 characters of letters, digits, '.', '_' or '-'"
         )
+    source = _source(raw)
+    if source in ("torchscript", "onnx"):
+        return _file_entry(raw, base_dir, name, source)
     arch, factory = _string(raw, "torchvision"), _string(raw, "factory")
-    if (arch is None) == (factory is None):
-        raise ModelsFileError("give exactly one of 'torchvision' (an architecture) or 'factory'")
     if arch is not None:
         try:
             tv.check_architecture(arch)
@@ -265,6 +272,44 @@ def parse_entry(raw: Mapping[str, Any], base_dir: Path) -> ModelEntry:
         target_layer=_string(raw, "target_layer"),
         num_classes=num_classes,
         max_image_pixels=_positive_int(raw, "max_image_pixels"),
+    )
+
+
+def _source(raw: Mapping[str, Any]) -> str:
+    """Which of the four model sources the entry names (exactly one)."""
+    sources = [key for key in ("torchvision", "factory", "torchscript", "onnx") if key in raw]
+    if len(sources) != 1:
+        raise ModelsFileError(
+            "give exactly one of 'torchvision' (an architecture), 'factory', 'torchscript' or "
+            f"'onnx' (a file); got {sources or 'none'}"
+        )
+    return sources[0]
+
+
+def _file_entry(raw: Mapping[str, Any], base_dir: Path, name: str, source: str) -> ModelEntry:
+    """A TorchScript or ONNX entry: the file holds the weights; the rest as for a factory."""
+    file_name = _string(raw, source, required=True)
+    if raw.get("weights") not in (None, "none"):
+        raise ModelsFileError("a TorchScript or ONNX file holds its weights: drop 'weights'")
+    input_size = _input_size(raw)
+    if input_size is None:
+        raise ModelsFileError("a TorchScript or ONNX model needs 'input_size' = [height, width]")
+    mean, std = _numbers(raw, "mean"), _numbers(raw, "std")
+    if mean is not None and std is not None and len(mean) != len(std):
+        raise ModelsFileError("'mean' and 'std' must have the same length")
+    path = (base_dir / str(file_name)).resolve()
+    if not path.is_file():
+        raise ModelsFileError(f"model file {str(path)!r} does not exist")
+    return ModelEntry(
+        name=name,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        labels=_labels(raw, base_dir),
+        num_classes=_positive_int(raw, "num_classes"),
+        max_image_pixels=_positive_int(raw, "max_image_pixels"),
+        torchscript=path if source == "torchscript" else None,
+        onnx=path if source == "onnx" else None,
     )
 
 
@@ -325,6 +370,8 @@ def build_handle(entry: ModelEntry) -> ModelHandle:
 
 
 def _build_handle(entry: ModelEntry) -> ModelHandle:
+    if entry.torchscript is not None or entry.onnx is not None:
+        return _file_handle(entry)
     if entry.torchvision is not None:
         arch = entry.torchvision
         enum = tv.find_weights(arch, entry.weights) if entry.weights else None
@@ -354,6 +401,30 @@ def _build_handle(entry: ModelEntry) -> ModelHandle:
         labels=entry.labels or (),
         default_layer=entry.target_layer,
         architecture=f"{entry.factory}:{type(model).__name__}",
+    )
+
+
+def _file_handle(entry: ModelEntry) -> ModelHandle:
+    """A TorchScript or ONNX model (``zoo_files.py``)."""
+    from workers import zoo_files
+
+    path = entry.torchscript or entry.onnx
+    assert path is not None and entry.input_size is not None
+    kind = "torchscript" if entry.torchscript is not None else "onnx"
+    try:
+        model = (
+            zoo_files.load_torchscript(path) if kind == "torchscript" else zoo_files.load_onnx(path)
+        )
+    except zoo_files.ModelFileError as error:
+        raise ModelsFileError(str(error)) from error
+    return ModelHandle(
+        name=entry.name,
+        model=model,
+        input_size=entry.input_size,
+        mean=entry.mean or tv.IMAGENET_MEAN,
+        std=entry.std or tv.IMAGENET_STD,
+        labels=entry.labels or (),
+        architecture=f"{kind}:{path.name}",
     )
 
 
@@ -423,7 +494,7 @@ def model_info(handle: ModelHandle) -> ModelInfo:
         mean=list(handle.mean),
         std=list(handle.std),
         default_layer=handle.default_layer,
-        layers=[name for name, _ in handle.model.named_modules() if name],
+        layers=[] if handle.opaque else [n for n, _ in handle.model.named_modules() if n],
         architecture=handle.architecture,
         layer_channels=layer_channels(handle),
         max_image_pixels=handle.max_image_pixels,
@@ -436,6 +507,8 @@ def layer_channels(handle: ModelHandle) -> dict[str, int]:
     from workers.explainers.layouts import infer_layout, prefix_tokens
 
     channels: dict[str, int] = {}
+    if handle.opaque:
+        return channels
     prefix = prefix_tokens(handle.model)
     hooks = []
     for name, module in handle.model.named_modules():

@@ -171,6 +171,9 @@ def test_the_example_file_parses_with_its_commented_entries(tmp_path: Path) -> N
     uncommented = [line.replace("# [[models]]", "[[models]]") for line in uncommented]
     (tmp_path / "birds.txt").write_text("wren\nrobin\n", encoding="utf-8")
     text = "\n".join(uncommented).replace("/models/birds.txt", str(tmp_path / "birds.txt"))
+    for name in ("classifier.ts", "classifier.onnx", "labels.txt"):  # parsed, not loaded
+        (tmp_path / name).write_text("wren\nrobin\n", encoding="utf-8")
+        text = text.replace(f"/models/{name}", str(tmp_path / name))
     text = text.replace("../workers/", str(example.parents[1] / "workers") + "/")
     entries = read_models_file(write(tmp_path, text))
     assert [entry.name for entry in entries] == [
@@ -178,4 +181,6 @@ def test_the_example_file_parses_with_its_commented_entries(tmp_path: Path) -> N
         "resnet50",
         "resnet18-random",
         "my-densenet",
+        "scripted",
+        "onnx-classifier",
     ]

@@ -125,8 +125,22 @@ class ModelHandle:
         mean, std = self.mean_std(images)
         return (images - mean) / std
 
+    @property
+    def opaque(self) -> bool:
+        """Whether the model's layers cannot be hooked: a TorchScript module (its forward runs
+        in C++) or a model that says so (an ONNX graph)."""
+        return bool(getattr(self.model, "opaque", False)) or isinstance(
+            self.model, torch.jit.ScriptModule
+        )
+
     def resolve_layer(self, name: str | None) -> tuple[str, nn.Module]:
         """The layer called ``name``, else the default layer, else the last spatial module."""
+        if self.opaque:
+            raise ExplainerError(
+                f"model {self.name!r} ({self.architecture or 'a model file'}) does not expose "
+                "its layers (TorchScript and ONNX models cannot be hooked): layer-based methods "
+                "need a PyTorch model (a factory or torchvision entry)"
+            )
         if name is None:
             name = self.default_layer or self._find_last_spatial_layer()
         try:
