@@ -44,7 +44,7 @@ COPY requirements/torch-cpu.txt requirements/torch.txt
 RUN pip install --index-url "${TORCH_INDEX_URL}" -r requirements/torch.txt
 COPY pyproject.toml README.md ./
 RUN mkdir app workers && touch app/__init__.py workers/__init__.py \
- && pip install ".[worker]" && pip uninstall -y xplain && rm -rf app workers build *.egg-info
+ && pip install ".[worker,hub]" && pip uninstall -y xplain && rm -rf app workers build *.egg-info
 COPY app ./app
 COPY workers ./workers
 RUN pip install --no-deps . && rm -rf build *.egg-info \

@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements/torch-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/torch-cpu.txt
-	$(PY) -m pip install --quiet -e '.[gateway,worker,cli,bench,dev]'
+	$(PY) -m pip install --quiet -e '.[gateway,worker,hub,cli,bench,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

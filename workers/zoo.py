@@ -1,9 +1,11 @@
 """The model zoo: which models a worker serves, loaded once at start.
 
 A TOML file (``XPLAIN_MODELS_FILE``) names them; without one, the bundled demo model
-``shapes`` alone is served. Four kinds of entry (two shown; ``torchscript = "model.pt"`` and
-``onnx = "model.onnx"`` name a file that holds its weights, with ``input_size`` and the
-preprocessing as for a factory: ``zoo_files.py``)::
+``shapes`` alone is served. Six kinds of entry; two shown below. ``torchscript = "model.ts"``
+and ``onnx = "model.onnx"`` name a file that holds its weights, with ``input_size`` and the
+preprocessing as for a factory (``zoo_files.py``); ``timm = "<name>"`` (with ``weights`` a
+local file or "none") and ``huggingface = "<save_pretrained folder>"`` take their input size,
+preprocessing and labels from the library (``zoo_hub.py``)::
 
     [[models]]
     name = "resnet50"                  # the name clients use
@@ -68,8 +70,12 @@ KEYS = frozenset(
         "max_image_pixels",
         "torchscript",
         "onnx",
+        "timm",
+        "huggingface",
     }
 )
+SOURCES = ("torchvision", "factory", "torchscript", "onnx", "timm", "huggingface")
+"""Where a model comes from (an entry names exactly one)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -96,6 +102,8 @@ class ModelEntry:
     max_image_pixels: int | None = None
     torchscript: Path | None = None
     onnx: Path | None = None
+    timm: str | None = None
+    huggingface: Path | None = None
 
 
 # --- parsing and validation -------------------------------------------------------------------
@@ -231,8 +239,15 @@ def parse_entry(raw: Mapping[str, Any], base_dir: Path) -> ModelEntry:
             f"name {name!r} must be 1-64 characters of letters, digits, '.', '_' or '-'"
         )
     source = _source(raw)
-    if source in ("torchscript", "onnx"):
+    if source in ("torchscript", "onnx", "huggingface"):
         return _file_entry(raw, base_dir, name, source)
+    if source == "timm":
+        return _timm_entry(raw, base_dir, name)
+    return _module_entry(raw, base_dir, name)
+
+
+def _module_entry(raw: Mapping[str, Any], base_dir: Path, name: str) -> ModelEntry:
+    """A torchvision architecture or a factory, with weights from an enum, a file or none."""
     arch, factory = _string(raw, "torchvision"), _string(raw, "factory")
     if arch is not None:
         try:
@@ -245,6 +260,63 @@ def parse_entry(raw: Mapping[str, Any], base_dir: Path) -> ModelEntry:
     input_size = _input_size(raw)
     if factory is not None and input_size is None:
         raise ModelsFileError("a factory model needs 'input_size' = [height, width]")
+    return ModelEntry(
+        **_common(raw, base_dir, name),
+        torchvision=arch,
+        factory=factory,
+        weights=enum_name,
+        weights_path=weights_path,
+        input_size=input_size,
+    )
+
+
+def _source(raw: Mapping[str, Any]) -> str:
+    """Which of the four model sources the entry names (exactly one)."""
+    sources = [key for key in SOURCES if key in raw]
+    if len(sources) != 1:
+        raise ModelsFileError(
+            "give exactly one of 'torchvision' or 'timm' (an architecture), 'factory', "
+            f"'torchscript' or 'onnx' (a file), 'huggingface' (a folder); got {sources or 'none'}"
+        )
+    return sources[0]
+
+
+def _file_entry(raw: Mapping[str, Any], base_dir: Path, name: str, source: str) -> ModelEntry:
+    """A TorchScript, ONNX or Hugging Face entry: the file (folder) holds the weights."""
+    file_name = _string(raw, source, required=True)
+    if raw.get("weights") not in (None, "none"):
+        raise ModelsFileError(f"a {source} model holds its weights: drop 'weights'")
+    input_size = _input_size(raw)
+    if input_size is None and source != "huggingface":
+        raise ModelsFileError(f"a {source} model needs 'input_size' = [height, width]")
+    path = (base_dir / str(file_name)).resolve()
+    exists = path.is_dir() if source == "huggingface" else path.is_file()
+    if not exists:
+        what = "folder" if source == "huggingface" else "file"
+        raise ModelsFileError(f"model {what} {str(path)!r} does not exist")
+    return ModelEntry(
+        **_common(raw, base_dir, name),
+        input_size=input_size,
+        torchscript=path if source == "torchscript" else None,
+        onnx=path if source == "onnx" else None,
+        huggingface=path if source == "huggingface" else None,
+    )
+
+
+def _timm_entry(raw: Mapping[str, Any], base_dir: Path, name: str) -> ModelEntry:
+    """A timm architecture: ``weights`` a local file or "none"."""
+    arch = _string(raw, "timm", required=True)
+    _, weights_path = _weights(raw, None, base_dir)
+    return ModelEntry(
+        **_common(raw, base_dir, name),
+        input_size=_input_size(raw),
+        timm=arch,
+        weights_path=weights_path,
+    )
+
+
+def _common(raw: Mapping[str, Any], base_dir: Path, name: str) -> dict[str, Any]:
+    """The keys every model source takes: name, preprocessing, labels, layer, limits."""
     mean, std = _numbers(raw, "mean"), _numbers(raw, "std")
     if mean is not None and std is not None and len(mean) != len(std):
         raise ModelsFileError("'mean' and 'std' must have the same length")
@@ -254,63 +326,15 @@ def parse_entry(raw: Mapping[str, Any], base_dir: Path) -> ModelEntry:
     labels = _labels(raw, base_dir)
     if labels is not None and num_classes is not None and len(labels) != num_classes:
         raise ModelsFileError(f"{len(labels)} labels but num_classes = {num_classes}")
-    pixels = raw.get("max_image_pixels")
-    if pixels is not None and (
-        not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1
-    ):
-        raise ModelsFileError(f"'max_image_pixels' must be a positive integer, got {pixels!r}")
-    return ModelEntry(
-        name=name,
-        torchvision=arch,
-        factory=factory,
-        weights=enum_name,
-        weights_path=weights_path,
-        input_size=input_size,
-        mean=mean,
-        std=std,
-        labels=labels,
-        target_layer=_string(raw, "target_layer"),
-        num_classes=num_classes,
-        max_image_pixels=_positive_int(raw, "max_image_pixels"),
-    )
-
-
-def _source(raw: Mapping[str, Any]) -> str:
-    """Which of the four model sources the entry names (exactly one)."""
-    sources = [key for key in ("torchvision", "factory", "torchscript", "onnx") if key in raw]
-    if len(sources) != 1:
-        raise ModelsFileError(
-            "give exactly one of 'torchvision' (an architecture), 'factory', 'torchscript' or "
-            f"'onnx' (a file); got {sources or 'none'}"
-        )
-    return sources[0]
-
-
-def _file_entry(raw: Mapping[str, Any], base_dir: Path, name: str, source: str) -> ModelEntry:
-    """A TorchScript or ONNX entry: the file holds the weights; the rest as for a factory."""
-    file_name = _string(raw, source, required=True)
-    if raw.get("weights") not in (None, "none"):
-        raise ModelsFileError("a TorchScript or ONNX file holds its weights: drop 'weights'")
-    input_size = _input_size(raw)
-    if input_size is None:
-        raise ModelsFileError("a TorchScript or ONNX model needs 'input_size' = [height, width]")
-    mean, std = _numbers(raw, "mean"), _numbers(raw, "std")
-    if mean is not None and std is not None and len(mean) != len(std):
-        raise ModelsFileError("'mean' and 'std' must have the same length")
-    path = (base_dir / str(file_name)).resolve()
-    if not path.is_file():
-        raise ModelsFileError(f"model file {str(path)!r} does not exist")
-    return ModelEntry(
-        name=name,
-        input_size=input_size,
-        mean=mean,
-        std=std,
-        labels=_labels(raw, base_dir),
-        num_classes=_positive_int(raw, "num_classes"),
-        max_image_pixels=_positive_int(raw, "max_image_pixels"),
-        torchscript=path if source == "torchscript" else None,
-        onnx=path if source == "onnx" else None,
-    )
+    return {
+        "name": name,
+        "mean": mean,
+        "std": std,
+        "labels": labels,
+        "target_layer": _string(raw, "target_layer"),
+        "num_classes": num_classes,
+        "max_image_pixels": _positive_int(raw, "max_image_pixels"),
+    }
 
 
 def _positive_int(raw: Mapping[str, Any], key: str) -> int | None:
@@ -372,6 +396,8 @@ def build_handle(entry: ModelEntry) -> ModelHandle:
 def _build_handle(entry: ModelEntry) -> ModelHandle:
     if entry.torchscript is not None or entry.onnx is not None:
         return _file_handle(entry)
+    if entry.timm is not None or entry.huggingface is not None:
+        return _hub_handle(entry)
     if entry.torchvision is not None:
         arch = entry.torchvision
         enum = tv.find_weights(arch, entry.weights) if entry.weights else None
@@ -425,6 +451,30 @@ def _file_handle(entry: ModelEntry) -> ModelHandle:
         std=entry.std or tv.IMAGENET_STD,
         labels=entry.labels or (),
         architecture=f"{kind}:{path.name}",
+    )
+
+
+def _hub_handle(entry: ModelEntry) -> ModelHandle:
+    """A timm or Hugging Face model (``zoo_hub.py``), the entry's keys over the library's."""
+    from workers import zoo_hub
+
+    try:
+        if entry.timm is not None:
+            built = zoo_hub.build_timm(entry.timm, entry.weights_path, entry.num_classes)
+        else:
+            assert entry.huggingface is not None
+            built = zoo_hub.build_huggingface(entry.huggingface)
+    except zoo_hub.HubError as error:
+        raise ModelsFileError(str(error)) from error
+    return ModelHandle(
+        name=entry.name,
+        model=built.model,
+        input_size=entry.input_size or built.input_size,
+        mean=entry.mean or built.mean,
+        std=entry.std or built.std,
+        labels=entry.labels or built.labels or (),
+        default_layer=entry.target_layer,
+        architecture=built.architecture,
     )
 
 

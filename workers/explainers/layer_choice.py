@@ -6,7 +6,10 @@ channels-last maps, transformer tokens on their patch grid) and the gradient of 
 with respect to it. The chosen layer is the last of them, in execution order, whose *grid
 cells* the logit depends on (a gradient not zero on the patch tokens / pixels), preferring the
 outermost module producing that output (``layer4`` rather than its last ReLU), as the
-reference libraries do.
+reference libraries do. Among transformer token maps, the last *normalisation* layer the
+prediction depends on is preferred (the residual stream as the next attention reads it, not a
+projection such as ``qkv`` inside a block): ``blocks.11.norm1`` in timm, ``ln_1`` in
+torchvision, ``layernorm_before`` in transformers — what pytorch-grad-cam recommends for ViTs.
 
 This finds ``layer4`` in a ResNet, the final ``features`` block in a VGG or DenseNet, the
 permuted last stage of a Swin, and, in a ViT, the first norm of the last encoder block: after
@@ -74,10 +77,21 @@ def find_auto_layer(handle: ModelHandle) -> str:
         for hook_handle in hooks:
             hook_handle.remove()
     reached = [
-        name
+        (name, layout)
         for (name, _, layout), gradient in zip(recorded, gradients, strict=True)
         if gradient is not None and bool(layout.to_map(gradient).abs().amax() > 0)
     ]
+    if reached and reached[-1][1].kind == "tokens":
+        norms = [
+            name for name, layout in reached if layout.kind == "tokens" and _is_norm(model, name)
+        ]
+        if norms:  # the residual stream, normalised, rather than a projection inside a block
+            return norms[-1]
     # A model whose prediction depends on no input (a zero-initialised head) reaches nothing:
     # then the last spatial output, as a shape-only rule would choose.
-    return _outermost(reached or [name for name, _, _ in recorded])
+    return _outermost([name for name, _ in reached] or [name for name, _, _ in recorded])
+
+
+def _is_norm(model: torch.nn.Module, name: str) -> bool:
+    """Whether module ``name`` is a normalisation layer (LayerNorm, RMSNorm, ...)."""
+    return type(model.get_submodule(name)).__name__.endswith("Norm")
