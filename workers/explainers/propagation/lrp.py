@@ -73,6 +73,10 @@ def validate(plan: Plan, handle: ModelHandle, inputs: Tensor, x: Tensor, logits:
     plan.extra["nonneg"] = nonneg
 
 
+INSTEAD = "; Grad-CAM and the perturbation methods (RISE, occlusion) explain any model"
+"""What a refusal suggests instead."""
+
+
 def lrp_relevance(
     handle: ModelHandle,
     inputs: Tensor,
@@ -85,14 +89,17 @@ def lrp_relevance(
     the row's logits rank first) and the logits ``(B, K)``."""
     plan = plan_for(handle.model, composite, epsilon, handle.mean, handle.std)
     if plan.error is not None:
-        raise ExplainerError(plan.error)
+        raise ExplainerError(plan.error + INSTEAD)
     first = not plan.validated
     with torch.inference_mode(False), torch.enable_grad():
         x = inputs.detach().clone().requires_grad_(True)
         with plan.installed():
             logits = handle.model(x)
         if first:
-            validate(plan, handle, inputs, x, logits)
+            try:
+                validate(plan, handle, inputs, x, logits)
+            except ExplainerError as error:
+                raise ExplainerError(f"{error}{INSTEAD}") from None
         targets = resolve_targets(targets, logits)
         if targets.min() < 0 or targets.max() >= logits.shape[1]:
             raise ExplainerError(f"target outside the model's {logits.shape[1]} classes")
