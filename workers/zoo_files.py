@@ -53,6 +53,7 @@ class OnnxModel(nn.Module):
             raise ModelFileError("serving ONNX models needs the onnxruntime package") from error
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = torch.get_num_threads()  # as many as torch uses
         try:
             self.session: Any = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
