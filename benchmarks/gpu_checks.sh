@@ -38,7 +38,8 @@ cat "$OUT/machine.txt"
 step tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" \
   tests/worker/test_scheduler_cuda.py tests/explainers/perturbation/test_perturbation_gpu.py \
   tests/explainers/metrics/test_metric_cuda.py tests/zoo/test_demo.py \
-  tests/explainers/perturbation/test_perturbation_engine.py
+  tests/explainers/perturbation/test_perturbation_engine.py tests/zoo/test_cuda_models.py \
+  tests/explainers/cam/test_layouts.py tests/explainers/propagation/test_lrp.py
 step throughput 130 python3 -m benchmarks.throughput --model resnet50 --device cuda \
   --jobs 16 --budget-s 6 --json "$OUT/throughput.json"
 step cam 75 python3 -m benchmarks.cam --models resnet50 --batches 1 32 --device cuda
