@@ -57,7 +57,7 @@ SWEEP_PARAMS: dict[str, dict[str, Any]] = {
     "meaningful_perturbation": {"iterations": 10, "mask_scale": 4},
     "neuromask": {"iterations": 10},
 }
-SIZES = {"inception_v3": 96, "vit_h_14": 56, "maxvit_t": 224}
+SIZES = {"inception_v3": 160, "vit_h_14": 56, "maxvit_t": 224}
 """Input sizes where the sweep's default (64 px) does not fit the architecture."""
 FAMILIES = [
     "resnet50", "vgg16", "densenet121", "mobilenet_v3_large", "efficientnet_b0",

@@ -124,6 +124,12 @@ def spatial_view(
 ) -> tuple[Tensor, Layout]:
     """``output`` of layer ``name`` as ``(B, C, h, w)`` and its layout; else ExplainerError."""
     layout = infer_layout(tuple(output.shape), input_size, prefix_tokens(model))
+    if layout is None and output.dim() == 4 and 1 in tuple(output.shape[-2:]):
+        raise ExplainerError(
+            f"layer {name!r} outputs shape {tuple(output.shape)}: a map with a single row or "
+            f"column at the {input_size[0]}x{input_size[1]} input (after the global pooling, "
+            "or an input too small for this layer): choose an earlier layer"
+        )
     if layout is None:
         raise ExplainerError(
             f"layer {name!r} outputs shape {tuple(output.shape)}, which cannot be read as a "
