@@ -107,5 +107,5 @@ def test_every_cam_gives_a_finite_varying_map_on_token_models(method: str, build
 
 @pytest.mark.parametrize(("build", "layer"), [(tiny_vit, "heads"), (tiny_swin, "avgpool")])
 def test_a_layer_without_a_grid_is_refused_with_its_shape(build, layer: str) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ExplainerError, match="cannot be read as a spatial map|single row"):
+    with pytest.raises(ExplainerError, match=r"cannot be read as a spatial map|single row"):
         get_explainer("gradcam")(handle(build()), images(), torch.tensor([0, 1]), layer=layer)
