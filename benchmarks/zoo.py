@@ -15,8 +15,10 @@ warm-up forward, automatic CAM layer). Then, for each of the 17 methods, it expl
 
 Parameters are cut to keep the sweep to minutes per model on a CPU (``SWEEP_PARAMS``: fewer
 masks, samples and iterations); the matrix is about what runs and what each method says, not
-about quality or speed. ``--timing`` adds, for one model per family at 224 px, the seconds of
-``gradcam``, ``fmo`` (defaults) and ``rise`` (``--rise-masks``, default 500).
+about quality or speed. ``--families`` sweeps one model per family (:data:`FAMILIES`) instead
+of all of them (~40 min on a 2-core CPU against several hours). ``--timing`` adds, for one
+model per family at 224 px, the seconds of ``gradcam``, ``fmo`` (defaults) and ``rise``
+(``--rise-masks``, default 500).
 
 torchvision initialises a ViT's head to zero, so a random ViT predicts the same for every
 input and every map is constant; the sweep gives zero-initialised heads small random weights.
@@ -164,7 +166,9 @@ def report(rows: list[dict[str, Any]], timings: dict[str, dict[str, float]], arg
         "# Every torchvision classifier against every method",
         "",
         f"Command: `.venv/bin/python -m benchmarks.zoo --out benchmarks/results/zoo.md"
-        f"{' --timing' if timings else ''}` (`benchmarks/zoo.py`: what it does and the cut "
+        f"{' --families' if args.families else ''}{' --timing' if timings else ''}"
+        f"{f' --threads {args.threads}' if args.threads != 2 else ''}` "
+        "(`benchmarks/zoo.py`: what it does and the cut "
         "parameters). torchvision "
         f"{torchvision.__version__}, torch {torch.__version__}, {platform.machine()} CPU, "
         "random weights.",
@@ -233,6 +237,9 @@ def _reason_key(reason: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help="comma-separated (default: all)")
+    parser.add_argument(
+        "--families", action="store_true", help="one model per family (FAMILIES), not all"
+    )
     parser.add_argument("--methods", default="", help="comma-separated (default: all 17)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -243,6 +250,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     archs = args.models.split(",") if args.models else tv.architectures()
+    if args.families:
+        archs = FAMILIES
     known = set(explainer_names())
     methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m in known]
     args.cache.mkdir(parents=True, exist_ok=True)
