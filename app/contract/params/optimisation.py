@@ -189,7 +189,9 @@ class ExtremalPerturbationParams(OptimisationParams):
 
 
 class NeuroMaskParams(OptimisationParams, SeedParams):
-    """NeuroMask (Alzantot et al. 2019; defaults of the authors' `NeuroMask` class)."""
+    """NeuroMask (Alzantot et al. 2019): the authors' `NeuroMask` class defaults, except the fill,
+    the initial range and the mask blur (the paper's code: `fill=black, init_limit=10,
+    mask_sigma=0`; why in `workers/explainers/optimisation/neuromask.py`)."""
 
     iterations: int = Field(
         1000, ge=1, le=20_000, description="RMSProp iterations (code `explain`: 1000)."
@@ -235,6 +237,26 @@ class NeuroMaskParams(OptimisationParams, SeedParams):
         description="Initial RMSProp mean-square accumulator: 1 as TensorFlow 1's "
         "RMSPropOptimizer used by the authors; 0 as torch.optim.RMSprop (moves from the "
         "first iteration).",
+    )
+    fill: Literal["blur", "black"] = Field(
+        "blur",
+        description="What a masked-out pixel shows: a blurred copy of the image (σ 10 px at "
+        "224 px, scaled; default) or black (the paper's code).",
+    )
+    init_limit: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="W starts uniform in (−init_limit, init_limit): 1 (default) starts every "
+        "pixel where the prediction's gradient reaches it; the paper's code starts at "
+        "weight_limit (10), a saturated mask.",
+    )
+    mask_sigma: float = Field(
+        4.0,
+        ge=0,
+        le=64,
+        description="Gaussian blur of W before the sigmoid, in pixels at 224 px (scaled with "
+        "the input): the mask cannot keep isolated pixels. 0 = the paper's per-pixel mask.",
     )
 
     def passes(self, model: ModelInfo) -> Passes:

@@ -141,19 +141,20 @@ class LimeParams(PerturbationParams, SeedParams):
 
     num_samples: int = Field(1000, ge=2, le=100_000, description="Perturbed samples (forwards).")
     segmentation: Literal["quickshift", "slic"] = Field(
-        "quickshift",
-        description="Superpixels: `quickshift` (kernel 4, max_dist 200, ratio 0.2, as lime) or "
-        "`slic` (`segments` superpixels).",
+        "slic",
+        description="Superpixels: `slic` (`segments` superpixels, whatever the input size; "
+        "default) or `quickshift` (kernel 4 px, max_dist 200, ratio 0.2, lime's default).",
     )
-    segments: int = Field(50, ge=2, le=2000, description="Superpixels asked of `slic`.")
+    segments: int = Field(100, ge=2, le=2000, description="Superpixels asked of `slic`.")
     kernel_width: float = Field(
         0.25, gt=0, le=100, description="Width of the exponential kernel on cosine distance."
     )
     alpha: float = Field(1.0, gt=0, le=1e6, description="Ridge penalty of the surrogate.")
     fill: Fill = Field(
-        "local_mean",
-        description="What a hidden superpixel shows: its mean colour (`local_mean`, lime's "
-        "default), `zero` or `blur`.",
+        "zero",
+        description="What a hidden superpixel shows: 0 in model-input space (the dataset's "
+        "mean colour; default), a blurred copy (`blur`) or its own mean colour (`local_mean`, "
+        "lime's default, which hides nothing of a flat-coloured object).",
     )
     score: Score = Field("prob", description="Regress the target's softmax `prob` or `logit`.")
 

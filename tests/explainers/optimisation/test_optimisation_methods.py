@@ -63,9 +63,17 @@ def test_the_map_concentrates_on_the_region_the_target_depends_on(name: str) -> 
     assert all(meta["backward_passes"] in (iterations, [iterations]) for meta in result.meta)
 
 
-def test_neuromask_with_the_authors_defaults_concentrates_too() -> None:
+@pytest.mark.parametrize(
+    "setting",
+    [{}, {"fill": "black", "init_limit": 10.0, "mask_sigma": 0.0}],
+    ids=["defaults", "the-authors-code"],
+)
+def test_neuromask_with_the_service_and_the_code_defaults_concentrates_too(
+    setting: dict[str, Any],
+) -> None:
     handle, inputs = region_handle("brightness"), square_inputs(2)
-    result = get_explainer("neuromask")(handle, inputs, TARGETS, **NeuroMaskParams().model_dump())
+    params = NeuroMaskParams.model_validate(setting).model_dump()
+    result = get_explainer("neuromask")(handle, inputs, TARGETS, **params)
     for row, (own, other) in enumerate(((0, 1), (1, 0))):
         saliency = result.saliency[row]
         assert share_inside(saliency, REGIONS[own]) > 5.0

@@ -90,7 +90,12 @@ def test_mass_goes_to_the_superpixel_that_drives_the_score() -> None:
     region = labels[0] == labels[0, BOX[0], BOX[2]]
     handle = handle_for(RegionModel(region), SIZE)
     got = lime(
-        handle, image.expand(2, -1, -1, -1), torch.tensor([0, 0]), num_samples=200, fill="zero"
+        handle,
+        image.expand(2, -1, -1, -1),
+        torch.tensor([0, 0]),
+        num_samples=200,
+        segmentation="quickshift",
+        fill="zero",
     )
     for row in got.saliency:
         assert row[region].min() > 0.3

@@ -15,6 +15,17 @@ Predictions of Any Classifier", KDD 2016; reference code ``marcotcr/lime``, ``li
    π-weighted means; solved in float64 with ``torch.linalg.solve``, batched over images.
 6. The heatmap paints each superpixel with its coefficient ``β_j`` (signed).
 
+Defaults that differ from lime's: SLIC with 100 superpixels and the ``zero`` fill (lime:
+quickshift and ``local_mean``). Quickshift's kernel is in pixels (4), so its superpixels do
+not scale with the input; and a superpixel's mean colour hides nothing of a flat-coloured
+object (the object is its own mean), so lime's defaults explain texture, not objects. SLIC's
+count scales with the input. Chosen on an unseen 112 px model (issue 14: lime's defaults 2 of 8
+scenes, SLIC + zero fill 8 of 8), judged on the demo model (32 held-out scenes, 500 samples,
+pointing / deletion AUC): lime's defaults 35 % / 0.42, quickshift + zero 82 % / 0.26, SLIC 50 +
+zero 79 % / 0.24, SLIC 100 + blur 88 % / 0.24, **SLIC 100 + zero 94 % / 0.20**. Both models
+were trained on zero-filled occlusions, which favours this fill; ``segmentation="quickshift",
+fill="local_mean"`` gives lime's behaviour.
+
 Differences from lime: all ``K`` superpixels enter the regression (lime's defaults end up
 there too: ``num_features=100000`` selects every feature), samples are drawn with torch from
 ``seed`` in blocks (per image, so a map does not depend on the other images of the call), the
@@ -182,11 +193,11 @@ def lime(
     targets: Tensor,
     *,
     num_samples: int = 1000,
-    segmentation: str = "quickshift",
-    segments: int = 50,
+    segmentation: str = "slic",
+    segments: int = 100,
     kernel_width: float = 0.25,
     alpha: float = 1.0,
-    fill: str = "local_mean",
+    fill: str = "zero",
     score: str = "prob",
     seed: int = 0,
     max_batch_size: int | None = 64,
