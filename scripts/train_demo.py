@@ -2,6 +2,11 @@
 
     .venv/bin/python scripts/train_demo.py            # writes workers/assets/shapes.{pt,json}
 
+The quality benchmark's second evaluation model (another architecture, other scenes):
+
+    .venv/bin/python scripts/train_demo.py --arch residual --style textured \
+        --name shapes_residual --out benchmarks/quality/models
+
 Every step draws a fresh batch with :func:`workers.demo.scenes.make_scenes` (seed = step, all
 below 1_000_000). Half of each batch is occluded the way explanation methods perturb inputs,
 in model-input space (0 = the mean colour):
@@ -35,8 +40,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from workers.demo.net import DEFAULT_LAYER, WIDTHS, ShapesNet
-from workers.demo.scenes import CLASSES, EVAL_SEED, make_scenes
+from workers.demo.net import (
+    DEFAULT_LAYER,
+    RESIDUAL_LAYER,
+    RESIDUAL_WIDTHS,
+    WIDTHS,
+    ResidualShapesNet,
+    ShapesNet,
+)
+from workers.demo.scenes import CLASSES, EVAL_SEED, STYLES, make_scenes
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -107,9 +119,19 @@ def soft_targets(labels: Tensor, hidden: Tensor, classes: int) -> Tensor:
     return (1 - h) * onehot + h / classes
 
 
-def training_batch(step: int, batch: int, occluded: float) -> tuple[Tensor, Tensor]:
+ARCHS = {
+    "plain": ("workers.demo.net:build", ShapesNet, DEFAULT_LAYER, WIDTHS),
+    "residual": ("workers.demo.net:build_residual", ResidualShapesNet, RESIDUAL_LAYER,
+                 RESIDUAL_WIDTHS),
+}  # fmt: skip
+"""``--arch``: (factory, class, default CAM layer, widths)."""
+
+
+def training_batch(
+    step: int, batch: int, occluded: float, style: str = "plain"
+) -> tuple[Tensor, Tensor]:
     """Inputs and soft targets of one step (scenes and occlusions seeded by the step)."""
-    scenes = make_scenes(batch, seed=step)
+    scenes = make_scenes(batch, seed=step, style=style)
     inputs = normalise(scenes.images)
     g = torch.Generator().manual_seed(500_000 + step)
     count = round(batch * occluded)
@@ -121,12 +143,14 @@ def training_batch(step: int, batch: int, occluded: float) -> tuple[Tensor, Tens
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, scenes_count: int, batch: int = 128) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, scenes_count: int, batch: int = 128, style: str = "plain"
+) -> dict[str, float]:
     """Clean and occluded accuracy on held-out scenes (seeds 1_000_000 + i)."""
     model.eval()
     clean_hits, rows = [], []
     for i in range(math.ceil(scenes_count / batch)):
-        scenes = make_scenes(batch, seed=EVAL_SEED + i)
+        scenes = make_scenes(batch, seed=EVAL_SEED + i, style=style)
         inputs = normalise(scenes.images)
         clean_hits.append(model(inputs).argmax(1) == scenes.labels)
         occluded, keep = occlude(inputs, torch.Generator().manual_seed(2_000_000 + i))
@@ -152,10 +176,12 @@ def evaluate(model: nn.Module, scenes_count: int, batch: int = 128) -> dict[str,
     return result
 
 
-def train(steps: int, batch: int, lr: float, occluded: float, seed: int) -> nn.Module:
+def train(
+    steps: int, batch: int, lr: float, occluded: float, seed: int, arch: str, style: str
+) -> nn.Module:
     """The trained model (eval mode)."""
     torch.manual_seed(seed)
-    model = ShapesNet(num_classes=len(CLASSES))
+    model = ARCHS[arch][1](num_classes=len(CLASSES))
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     optimiser = torch.optim.AdamW(
@@ -166,7 +192,7 @@ def train(steps: int, batch: int, lr: float, occluded: float, seed: int) -> nn.M
     model.train()
     started = time.monotonic()
     for step in range(steps):
-        inputs, targets = training_batch(step, batch, occluded)
+        inputs, targets = training_batch(step, batch, occluded, style)
         loss = -(targets * model(inputs).log_softmax(1)).sum(1).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,7 +204,7 @@ def train(steps: int, batch: int, lr: float, occluded: float, seed: int) -> nn.M
 
 
 def main() -> None:
-    """Train, evaluate, write ``shapes.pt`` and ``shapes.json``."""
+    """Train, evaluate, write ``<name>.pt`` and ``<name>.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=64)
@@ -189,40 +215,52 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)"
     )
     parser.add_argument("--eval-scenes", type=int, default=2048)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="plain")
+    parser.add_argument("--style", choices=STYLES, default="plain", help="scenes")
+    parser.add_argument("--name", default="shapes")
     parser.add_argument("--out", type=Path, default=ASSETS)
     args = parser.parse_args()
     if args.steps * 1 >= EVAL_SEED:
         parser.error("training seeds must stay below 1_000_000")
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    model = train(args.steps, args.batch, args.lr, args.occluded, args.seed)
+    model = train(args.steps, args.batch, args.lr, args.occluded, args.seed, args.arch, args.style)
     train_seconds = time.monotonic() - started
-    metrics = evaluate(model, args.eval_scenes)
+    metrics = evaluate(model, args.eval_scenes, style=args.style)
     print(json.dumps(metrics, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out / "shapes.pt")
+    factory, _, layer, widths = ARCHS[args.arch]
+    torch.save(model.state_dict(), args.out / f"{args.name}.pt")
     facts = {
-        "name": "shapes",
-        "factory": "workers.demo.net:build",
-        "weights": "shapes.pt",
+        "name": args.name,
+        "factory": factory,
+        "weights": f"{args.name}.pt",
         "input_size": [SIZE, SIZE],
         "mean": list(MEAN),
         "std": list(STD),
         "labels": list(CLASSES),
-        "target_layer": DEFAULT_LAYER,
+        "target_layer": layer,
+        "scene_style": args.style,
         "training": {
             "command": "python scripts/train_demo.py "
             f"--steps {args.steps} --batch {args.batch} --lr {args.lr} "
-            f"--occluded {args.occluded} --seed {args.seed} --threads {args.threads}",
-            "widths": list(WIDTHS),
+            f"--occluded {args.occluded} --seed {args.seed} --threads {args.threads}"
+            + (
+                f" --arch {args.arch} --style {args.style} --name {args.name}"
+                if args.name != "shapes"
+                else ""
+            ),
+            "widths": list(widths),
             "scene_seeds": f"0..{args.steps - 1}",
             "seconds": round(train_seconds),
             "torch": torch.__version__,
         },
         "evaluation": {k: round(v, 4) for k, v in metrics.items()},
     }
-    (args.out / "shapes.json").write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out / 'shapes.pt'} and shapes.json in {train_seconds:.0f} s of training")
+    (args.out / f"{args.name}.json").write_text(
+        json.dumps(facts, indent=2) + "\n", encoding="utf-8"
+    )
+    print(f"wrote {args.out / args.name}.pt and .json in {train_seconds:.0f} s of training")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ def parse() -> tuple[Settings, Path, bool]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models-file", default=None, help="models.toml (default: demo)")
     parser.add_argument("--model", default=Settings.model)
+    parser.add_argument(
+        "--style", default=Settings.style, help="scenes: plain (demo model) or textured"
+    )
     parser.add_argument("--only", nargs="*", default=[], help="run these methods only")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
@@ -39,29 +42,32 @@ def parse() -> tuple[Settings, Path, bool]:
         device=args.device,
         models_file=args.models_file,
         model=args.model,
+        style=args.style,
         only=tuple(args.only),
     )
-    return settings, args.out, not args.no_readme
+    return settings, args.out, not args.no_readme and args.model == Settings.model
 
 
 def main() -> None:
-    """Run every method, then write quality.md, quality.png and the README section."""
+    """Run every method, then write quality.md, quality.png and the README section (the
+    demo model), or quality-<model>.md and .png (another model)."""
     settings, out, readme = parse()
     began = time.perf_counter()
     bench, rows, references = run_all(settings, partial(print, flush=True))
     text = body(bench, rows, references, accuracy(bench), time.perf_counter() - began)
     out.mkdir(parents=True, exist_ok=True)
+    stem = "quality" if settings.model == Settings.model else f"quality-{settings.model}"
     draw_figure(
-        out / "quality.png",
+        out / f"{stem}.png",
         bench.images,
         bench.masks,
         figure_rows(rows, references),
         settings.figure_scenes,
     )
-    write_markdown(out / "quality.md", text, "quality.png")
-    print(f"wrote {out / 'quality.md'} and {out / 'quality.png'}")
+    write_markdown(out / f"{stem}.md", text, f"{stem}.png", settings.model)
+    print(f"wrote {out / stem}.md and .png")
     if readme:
-        figure = (out / "quality.png").resolve().relative_to(ROOT).as_posix()
+        figure = (out / f"{stem}.png").resolve().relative_to(ROOT).as_posix()
         if update_readme(ROOT / "README.md", text, figure):
             print("updated the quality section of README.md")
         else:

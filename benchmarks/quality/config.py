@@ -57,5 +57,8 @@ class Settings:
     device: str = "cpu"
     models_file: str | None = None
     model: str = "shapes"
+    style: str = "plain"
+    """The scenes' style (:data:`workers.demo.scenes.STYLES`): the demo model's ``plain``
+    scenes or the second evaluation model's ``textured`` ones."""
     only: tuple[str, ...] = ()
     reduced: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(REDUCED))

@@ -89,12 +89,14 @@ def setup_text(bench: Bench, accuracy: float, seconds: float) -> str:
     layers = ", ".join(f"`{name}`" for name in bench.randomised_layers)
     device = bench.settings.device
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    style = "" if bench.settings.style == "plain" else f', style="{bench.settings.style}"'
     if device.startswith("cuda") and torch.cuda.is_available():
         machine = torch.cuda.get_device_name(torch.device(device))
     return "\n".join(
         [
             f"Model `{bench.handle.name}` ({height}×{width}), {n} held-out synthetic scenes "
-            f"(`make_scenes({n}, seed=1_000_000)`, never seen in training); top-1 accuracy "
+            f"(`make_scenes({n}, seed=1_000_000{style})`, never seen in training); top-1 "
+            "accuracy "
             f"{100 * accuracy:.1f} %. Every map explains the scene's true class.",
             "",
             f"* **pointing**: the map's maximum within {pointing_tolerance((height, width)):g} px "
@@ -128,10 +130,11 @@ def body(
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, text: str, figure: str) -> None:
+def write_markdown(path: Path, text: str, figure: str, model: str = "shapes") -> None:
     """``quality.md``: a title, the results and the figure."""
+    which = "the demo model" if model == "shapes" else f"the evaluation model `{model}`"
     path.write_text(
-        "# Quality of the saliency methods on the demo model\n\n"
+        f"# Quality of the saliency methods on {which}\n\n"
         "Written by `python -m benchmarks.quality`; do not edit by hand.\n\n"
         f"{text}\n\n![every method on a few scenes]({figure})\n",
         encoding="utf-8",

@@ -187,7 +187,7 @@ def load_bench(settings: Settings) -> Bench:
     size = handle.input_size
     if size[0] != size[1]:
         raise SystemExit(f"the scenes are square; model {handle.name!r} takes {size}")
-    scenes = make_scenes(settings.scenes, seed=EVAL_SEED, size=size[0])
+    scenes = make_scenes(settings.scenes, seed=EVAL_SEED, size=size[0], style=settings.style)
     images = scenes.images.to(device)
     layer = handle.default_layer or handle.resolve_layer(None)[0]
     layers = layers_from(handle.model, layer)

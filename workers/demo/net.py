@@ -58,3 +58,67 @@ class ShapesNet(nn.Module):
 def build(num_classes: int = 5) -> ShapesNet:
     """The factory named in models.toml (``factory = "workers.demo.net:build"``)."""
     return ShapesNet(num_classes=num_classes)
+
+
+RESIDUAL_WIDTHS = (24, 48, 96, 128)
+RESIDUAL_LAYER = "layer4"
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 conv–BN layers with an identity (or 1×1 projection) shortcut, as in ResNet."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResidualShapesNet(nn.Module):
+    """The second evaluation model: a small ResNet (one block per stage), 112 → 7.
+
+    ``stem`` (conv 3→24 stride 2, max-pool: 112 → 28), ``layer1``–``layer4`` (24, 48, 96, 128
+    channels; strides 1, 2, 2, 1: 28 → 7), global average pooling, ``fc``. Unlike the demo
+    model it has residual additions, a max-pool in the stem and a 7×7 last map (a ResNet's
+    layout at 224 px).
+    """
+
+    def __init__(self, num_classes: int = 5, widths: tuple[int, ...] = RESIDUAL_WIDTHS) -> None:
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w1, 5, stride=2, padding=2, bias=False),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        self.layer1 = BasicBlock(w1, w1, 1)
+        self.layer2 = BasicBlock(w1, w2, 2)
+        self.layer3 = BasicBlock(w2, w3, 2)
+        self.layer4 = BasicBlock(w3, w4, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(w4, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, classes)`` of normalised inputs ``(B, 3, H, W)``."""
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def build_residual(num_classes: int = 5) -> ResidualShapesNet:
+    """Factory of the second evaluation model (``benchmarks/quality/models.toml``)."""
+    return ResidualShapesNet(num_classes=num_classes)

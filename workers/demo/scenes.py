@@ -30,6 +30,9 @@ EVAL_SEED = 1_000_000
 """First seed of held-out scenes; training seeds are below it."""
 
 N_STROKES = 3
+STYLES = ("plain", "textured")
+RADIUS = {"plain": (11.0, 26.0), "textured": (7.0, 15.0)}
+"""Object radius range at 112 px, per style."""
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
@@ -97,11 +100,13 @@ def _strokes(images: Tensor, g: torch.Generator) -> Tensor:
     return images
 
 
-def _shape_masks(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
+def _shape_masks(
+    labels: Tensor, size: int, g: torch.Generator, radii: tuple[float, float]
+) -> Tensor:
     """Object masks ``(n, S, S)`` bool: every class evaluated, the label's one kept."""
     n = labels.shape[0]
     scale = size / 112
-    radius = _uniform(g, (n,), 11.0, 26.0) * scale
+    radius = _uniform(g, (n,), *radii) * scale
     margin = 1.15 * radius + 1.0
     cx = margin + torch.rand((n,), generator=g) * (size - 2 * margin)
     cy = margin + torch.rand((n,), generator=g) * (size - 2 * margin)
@@ -160,12 +165,37 @@ def _boxes(masks: Tensor) -> Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1).long()
 
 
-def make_scenes(n: int, seed: int, size: int = 112) -> Scenes:
-    """``n`` scenes drawn from ``seed`` (see the module docstring)."""
+def _texture(n: int, size: int, g: torch.Generator) -> Tensor:
+    """Two colour gratings per image (period 4–16 px at 112 px, any orientation), ±0.12."""
+    x, y = _grid(size)
+    texture = torch.zeros(n, 3, size, size)
+    for _ in range(2):
+        period = _uniform(g, (n,), 4.0, 16.0) * size / 112
+        angle = _uniform(g, (n,), 0.0, math.pi)
+        phase = _uniform(g, (n,), 0.0, 2 * math.pi)
+        along = x * angle.cos().view(-1, 1, 1) + y * angle.sin().view(-1, 1, 1)
+        wave = torch.sin(2 * math.pi * along / period.view(-1, 1, 1) + phase.view(-1, 1, 1))
+        colour = _uniform(g, (n, 3), -0.12, 0.12)
+        texture += colour.view(n, 3, 1, 1) * wave.unsqueeze(1)
+    return texture
+
+
+def make_scenes(n: int, seed: int, size: int = 112, style: str = "plain") -> Scenes:
+    """``n`` scenes drawn from ``seed`` (see the module docstring).
+
+    ``style="textured"`` (the second evaluation model's scenes): smaller objects (radius
+    7–15 px at 112 px: 1–6 % of the image), the background overlaid with two colour gratings,
+    and twice the strokes.
+    """
+    if style not in STYLES:
+        raise ValueError(f"style is one of {STYLES}, not {style!r}")
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, len(CLASSES), (n,), generator=g)
-    images = _strokes(_background(n, size, g), g)
-    masks = _shape_masks(labels, size, g)
+    background = _background(n, size, g)
+    if style == "textured":
+        background = _strokes(background + _texture(n, size, g), g)
+    images = _strokes(background, g)
+    masks = _shape_masks(labels, size, g, RADIUS[style])
     # Object colour: on the other side of the local background brightness.
     weights = masks.unsqueeze(1).float()
     local = (images * weights).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1)  # (n, 3)

@@ -131,15 +131,27 @@ class ExtremalPerturbationParams(OptimisationParams):
         description="`preservation`: keep the area that maximises the target logit (blur the "
         "rest); `deletion`: blur the area that minimises it.",
     )
-    step: int = Field(
-        7, ge=1, le=256, description="Pitch (pixels) of the mask's parameter grid (TorchRay: 7)."
+    step: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Pitch (pixels) of the mask's parameter grid; default TorchRay's 7 px at "
+        "224 px, scaled with the input's shorter side (4 px at 112).",
     )
-    sigma: float = Field(
-        21.0, gt=0, le=512, description="Width (pixels) of the smooth-mask kernel (TorchRay: 21)."
+    sigma: float | None = Field(
+        None,
+        gt=0,
+        le=512,
+        description="Width (pixels) of the smooth-mask kernel; default TorchRay's 21 px at "
+        "224 px, scaled with the input's shorter side.",
     )
     levels: int = Field(8, ge=2, le=64, description="Levels of the blur pyramid (TorchRay: 8).")
-    max_blur: float = Field(
-        20.0, gt=0, le=256, description="σ (pixels) of the most blurred level (TorchRay: 20)."
+    max_blur: float | None = Field(
+        None,
+        gt=0,
+        le=256,
+        description="σ (pixels) of the most blurred level; default TorchRay's 20 px at 224 px, "
+        "scaled with the input's shorter side.",
     )
     learning_rate: float = Field(0.01, gt=0, le=10, description="SGD step size (TorchRay: 0.01).")
     momentum: float = Field(
@@ -173,19 +185,37 @@ class ExtremalPerturbationParams(OptimisationParams):
 
     @model_validator(mode="after")
     def _kernel_reach(self) -> ExtremalPerturbationParams:
-        reach = 1 + math.ceil(self.sigma / self.step)
-        if reach > MAX_KERNEL_REACH:
-            raise ValueError(
-                f"sigma {self.sigma:g} over step {self.step} reaches {reach} grid cells around "
-                f"each pixel (at most {MAX_KERNEL_REACH}): raise `step` or lower `sigma`"
-            )
+        if self.step is not None and self.sigma is not None:
+            _check_reach(self.sigma, self.step)
         return self
 
     def check_model(self, model: ModelInfo) -> None:
-        """The parameter grid must have at least one cell per side."""
+        """The parameter grid must have at least one cell per side, the kernel a bounded reach."""
         super().check_model(model)
-        if self.step > min(model.input_size):
-            raise ValueError(f"step {self.step} is larger than the model input {model.input_size}")
+        short = min(model.input_size)
+        step = self.step or scaled_step(short)
+        if step > short:
+            raise ValueError(f"step {step} is larger than the model input {model.input_size}")
+        _check_reach(self.sigma or TORCHRAY_SIGMA * short / 224, step)
+
+
+TORCHRAY_STEP, TORCHRAY_SIGMA = 7, 21.0
+"""TorchRay's smooth-mask grid pitch and kernel width, pixels at 224 px."""
+
+
+def scaled_step(short_side: int) -> int:
+    """TorchRay's 7 px grid pitch at 224 px, scaled to an input's shorter side (the worker's
+    ``extremal_perturbation.geometry`` does the same)."""
+    return max(1, round(TORCHRAY_STEP * short_side / 224))
+
+
+def _check_reach(sigma: float, step: int) -> None:
+    reach = 1 + math.ceil(sigma / step)
+    if reach > MAX_KERNEL_REACH:
+        raise ValueError(
+            f"sigma {sigma:g} over step {step} reaches {reach} grid cells around "
+            f"each pixel (at most {MAX_KERNEL_REACH}): raise `step` or lower `sigma`"
+        )
 
 
 class NeuroMaskParams(OptimisationParams, SeedParams):

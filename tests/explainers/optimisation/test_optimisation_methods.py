@@ -17,6 +17,7 @@ from app.contract.params.optimisation import (
     ExtremalPerturbationParams,
     MeaningfulPerturbationParams,
     NeuroMaskParams,
+    scaled_step,
 )
 from tests.explainers.optimisation.optimisation_models import (
     region_handle,
@@ -25,6 +26,7 @@ from tests.explainers.optimisation.optimisation_models import (
     square_inputs,
 )
 from workers.explainers import Cancelled, Explanation, ModelHandle, get_explainer
+from workers.explainers.optimisation.extremal_perturbation import geometry
 
 FAST: dict[str, dict[str, Any]] = {
     # 28×28 cells at 224 px is 8 px a cell; at 48 px a 12×12 grid, blurs scaled down.
@@ -227,9 +229,12 @@ def test_parameter_defaults_are_the_papers() -> None:
         8, 5.0, 10.0, 4, "circle",
     )  # fmt: skip
     ep = ExtremalPerturbationParams()
-    assert (ep.iterations, ep.areas, ep.step, ep.sigma, ep.levels, ep.max_blur) == (
-        800, (0.1,), 7, 21.0, 8, 20.0,
-    )  # fmt: skip
+    assert (ep.iterations, ep.areas, ep.levels) == (800, (0.1,), 8)
+    # pixel sizes: TorchRay's at 224 px, scaled with the input; a client's value wins
+    assert geometry(224, ep.step, ep.sigma, ep.max_blur) == (7, 21.0, 20.0)
+    assert geometry(112, ep.step, ep.sigma, ep.max_blur) == (4, 10.5, 10.0)
+    assert geometry(448, 5, None, 3.0) == (5, 42.0, 3.0)
+    assert all(scaled_step(side) == geometry(side, None, None, None)[0] for side in range(8, 600))
     assert (ep.learning_rate, ep.momentum, ep.area_lambda, ep.area_growth, ep.smooth) == (
         0.01, 0.9, 300.0, 1.0035, 0.09,
     )  # fmt: skip
@@ -240,6 +245,8 @@ def test_parameter_defaults_are_the_papers() -> None:
     assert (nm.lambda_pred, nm.lambda_sparse, nm.lambda_smooth, nm.laplacian, nm.rms_init) == (
         50.0, 16.0, 3.0, 5, 1.0,
     )  # fmt: skip
+    # the deviations from the authors' code (fill black, init 10, no mask blur), with reasons
+    assert (nm.fill, nm.init_limit, nm.mask_sigma) == ("blur", 1.0, 4.0)
     assert not (mp.early_stop or ep.early_stop or nm.early_stop)
 
 
