@@ -1,0 +1,45 @@
+"""The quality benchmark's second evaluation model and its textured scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from workers.demo.scenes import EVAL_SEED, make_scenes
+from workers.explainers import get_explainer
+from workers.explainers.metrics import pointing_game
+from workers.zoo import load_models
+
+MODELS_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "models.toml"
+
+
+def test_textured_scenes_have_small_objects_on_gratings() -> None:
+    plain = make_scenes(64, seed=5)
+    textured = make_scenes(64, seed=5, style="textured")
+    assert torch.equal(textured.images, make_scenes(64, seed=5, style="textured").images)
+    area = textured.masks.float().mean(dim=(1, 2))
+    assert area.min() > 0.004 and area.max() < 0.07  # 1–6 % of the image
+    assert area.mean() < 0.5 * plain.masks.float().mean(dim=(1, 2)).mean()
+
+    # the gratings add fine structure: more pixel-to-pixel change in the background
+    def roughness(images: torch.Tensor, masks: torch.Tensor) -> float:
+        steps = (images[..., 1:] - images[..., :-1]).abs().mean(dim=1)
+        return float(steps[~(masks[..., 1:] | masks[..., :-1])].mean())
+
+    assert roughness(textured.images, textured.masks) > 1.3 * roughness(plain.images, plain.masks)
+    with pytest.raises(ValueError, match="style"):
+        make_scenes(2, seed=0, style="noisy")
+
+
+def test_the_second_model_classifies_its_scenes_and_grad_cam_finds_the_object() -> None:
+    handle = load_models(str(MODELS_FILE), torch.device("cpu"))["shapes_residual"]
+    assert handle.default_layer == "layer4"
+    scenes = make_scenes(64, seed=EVAL_SEED, style="textured")
+    inputs = handle.from_display(scenes.images)
+    with torch.inference_mode():
+        accuracy = (handle.model(inputs).argmax(dim=1) == scenes.labels).float().mean()
+    assert accuracy >= 0.85  # 93 % on 2,048 held-out scenes (models/shapes_residual.json)
+    maps = get_explainer("gradcam")(handle, inputs[:16], scenes.labels[:16]).saliency
+    assert pointing_game(maps, scenes.masks[:16]).mean() >= 0.75
