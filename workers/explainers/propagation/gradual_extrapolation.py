@@ -31,6 +31,14 @@ the object): these defaults 0.42, up-sampled Grad-CAM 0.38, the same keeping ``E
 code's raw sums 0.16; METHODS.md's ``ReLU(Σ_c e)`` blanks every map there (the channel sums of
 the pre-batch-norm ``features.1.0`` output are negative at every pixel).
 
+Judged on models these defaults were not chosen on (pointing game / energy in the box, 48
+held-out scenes each, ``python -m benchmarks.quality``): the second evaluation model
+``shapes_residual`` (a ResNet, textured scenes, objects 1–6 %) 91 % / 0.41 with these defaults
+against 82 % / 0.04 with ``reproduce_code_quirks``; the demo model 97.5 % / 0.64 against 97 % /
+0.20. Issue 14's unseen 112 px model went the other way (4 of 8 scenes against 6 of 8). The
+defaults stay: better on two models of three, and the code's batch-wide normalisation would
+make a map depend on the other requests that share its batch.
+
 Cost: the base method, plus nothing when it runs exactly one forward pass of the batch (the
 hooks record it: Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM), else one extra forward pass under
 ``torch.inference_mode`` after it (a multi-pass base reports progress, where the worker runs
