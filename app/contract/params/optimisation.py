@@ -65,32 +65,33 @@ class MeaningfulPerturbationParams(OptimisationParams, SeedParams):
         1e-2, ge=0, le=100, description="Weight of λ2·TV_β(m) over the mask cells (code: 1e-2)."
     )
     tv_beta: float = Field(3.0, ge=1, le=10, description="Exponent β of the TV term (code: 3).")
-    mask_scale: int = Field(
-        8,
+    mask_scale: int | None = Field(
+        None,
         ge=1,
         le=256,
-        description="Input pixels per mask cell: the mask is (H/scale)×(W/scale), 28×28 at "
-        "224 px (code: 8).",
+        description="Input pixels per mask cell: the mask is (H/scale)×(W/scale); default the "
+        "code's 8 px at 224 px scaled with the input's shorter side (28×28 cells at any size).",
     )
-    mask_blur: float = Field(
-        5.0,
+    mask_blur: float | None = Field(
+        None,
         ge=0,
         le=100,
-        description="σ (pixels) of the Gaussian blur of the up-sampled mask (code: radius 5).",
+        description="σ (pixels) of the Gaussian blur of the up-sampled mask; default the "
+        "code's 5 px at 224 px, scaled with the input.",
     )
-    blur_sigma: float = Field(
-        10.0,
+    blur_sigma: float | None = Field(
+        None,
         ge=0,
         le=100,
-        description="σ (pixels) of the Gaussian blur that makes the deleted content "
-        "(code: radius 10).",
+        description="σ (pixels) of the Gaussian blur that makes the deleted content; default "
+        "the code's 10 px at 224 px, scaled with the input.",
     )
-    jitter: int = Field(
-        4,
+    jitter: int | None = Field(
+        None,
         ge=0,
         le=64,
         description="Each iteration the image is resized to (H+jitter)×(W+jitter) and cropped "
-        "at a random offset (code: 4; 0 = off).",
+        "at a random offset; default the code's 4 px at 224 px, scaled (0 = off).",
     )
     init: Literal["circle", "random"] = Field(
         "circle",
@@ -107,9 +108,10 @@ class MeaningfulPerturbationParams(OptimisationParams, SeedParams):
     def check_model(self, model: ModelInfo) -> None:
         """The mask must have at least one cell per side."""
         super().check_model(model)
-        if self.mask_scale > min(model.input_size):
+        mask_scale = self.mask_scale or max(1, round(8 * min(model.input_size) / 224))
+        if mask_scale > min(model.input_size):
             raise ValueError(
-                f"mask_scale {self.mask_scale} is larger than the model input {model.input_size}"
+                f"mask_scale {mask_scale} is larger than the model input {model.input_size}"
             )
 
 

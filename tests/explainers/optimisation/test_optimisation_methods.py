@@ -27,6 +27,7 @@ from tests.explainers.optimisation.optimisation_models import (
 )
 from workers.explainers import Cancelled, Explanation, ModelHandle, get_explainer
 from workers.explainers.optimisation.extremal_perturbation import geometry
+from workers.explainers.optimisation.meaningful_perturbation import geometry as mp_geometry
 
 FAST: dict[str, dict[str, Any]] = {
     # 28×28 cells at 224 px is 8 px a cell; at 48 px a 12×12 grid, blurs scaled down.
@@ -225,9 +226,12 @@ def test_parameter_defaults_are_the_papers() -> None:
     assert (mp.iterations, mp.learning_rate, mp.l1_lambda, mp.tv_lambda, mp.tv_beta) == (
         300, 0.1, 1e-4, 1e-2, 3.0,
     )  # fmt: skip
-    assert (mp.mask_scale, mp.mask_blur, mp.blur_sigma, mp.jitter, mp.init) == (
-        8, 5.0, 10.0, 4, "circle",
-    )  # fmt: skip
+    assert mp.init == "circle"
+    # pixel sizes: the code's at 224 px, scaled with the input; a client's value wins
+    sizes = (mp.mask_scale, mp.mask_blur, mp.blur_sigma, mp.jitter)
+    assert mp_geometry(224, *sizes) == (8, 5.0, 10.0, 4)
+    assert mp_geometry(112, *sizes) == (4, 2.5, 5.0, 2)
+    assert mp_geometry(112, 8, None, 10.0, None) == (8, 2.5, 10.0, 2)
     ep = ExtremalPerturbationParams()
     assert (ep.iterations, ep.areas, ep.levels) == (800, (0.1,), 8)
     # pixel sizes: TorchRay's at 224 px, scaled with the input; a client's value wins

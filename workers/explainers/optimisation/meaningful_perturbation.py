@@ -15,6 +15,13 @@ does not depend on the other rows). Initial mask (``init="circle"``): of centred
 radius 0, 5, …, 170 px (scaled by min(H, W)/224) blurred with σ 10, deleting the smallest
 whose deletion brings ``p_c`` within 1% of the largest disc's (as the reference code).
 
+Pixel-sized parameters scale with the input: the cell (8), the mask blur (5), the blur of
+the deleted content (10) and the jitter (4) are the code's values at 224 px, multiplied by
+``min(H, W) / 224`` unless the client gives them (4, 2.5, 5, 2 px at 112 px: the mask stays
+28×28 cells). At 112 px the unscaled values made 14×14 cells and blurs twice as wide relative
+to the image: on the demo model (16 held-out scenes) 69 % pointing and 0.25 energy in the
+box; scaled, 94 % and 0.39 (the same with the content blur left at 10 px).
+
 Saliency: ``1 − M``, the deleted region, at input resolution. Differences from the code [X]:
 the gradient flows exactly through the mask blur (the code skips the blur's derivative);
 Gaussian blurs stand in for PIL's ``GaussianBlur``. Cost: the clean pass (the prediction and
@@ -109,6 +116,24 @@ class _DeletionGame:
         )
 
 
+def geometry(
+    short_side: int,
+    mask_scale: int | None,
+    mask_blur: float | None,
+    blur_sigma: float | None,
+    jitter: int | None,
+) -> tuple[int, float, float, int]:
+    """Each given value, else the code's (8, 5, 10, 4 px at 224 px) scaled by
+    ``short_side / 224`` (the integers rounded; the cell at least 1 px)."""
+    scale = short_side / 224
+    return (
+        mask_scale if mask_scale is not None else max(1, round(8 * short_side / 224)),
+        mask_blur if mask_blur is not None else 5.0 * scale,
+        blur_sigma if blur_sigma is not None else 10.0 * scale,
+        jitter if jitter is not None else round(4 * short_side / 224),
+    )
+
+
 @register("meaningful_perturbation")
 def meaningful_perturbation(
     handle: ModelHandle,
@@ -120,10 +145,10 @@ def meaningful_perturbation(
     l1_lambda: float = 1e-4,
     tv_lambda: float = 1e-2,
     tv_beta: float = 3.0,
-    mask_scale: int = 8,
-    mask_blur: float = 5.0,
-    blur_sigma: float = 10.0,
-    jitter: int = 4,
+    mask_scale: int | None = None,
+    mask_blur: float | None = None,
+    blur_sigma: float | None = None,
+    jitter: int | None = None,
     init: str = "circle",
     seed: int = 0,
     early_stop: bool = False,
@@ -134,6 +159,9 @@ def meaningful_perturbation(
 ) -> Explanation:
     """Meaningful-perturbation maps ``(B, H, W)``: where deleting drops the target most."""
     batch, size = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
+    mask_scale, mask_blur, blur_sigma, jitter = geometry(
+        min(size), mask_scale, mask_blur, blur_sigma, jitter
+    )
     grid = (-(-size[0] // mask_scale), -(-size[1] // mask_scale))
     bs = max_batch_size or 64
     game = _DeletionGame(
