@@ -78,13 +78,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limiter = RateLimiter(redis, keys)
         app.state.decoding = asyncio.Semaphore(max(1, settings.max_decoding))
         app.state.hub = hub = EventHub(target, keys)
-        webhooks = WebhookSender(redis, keys, queue, keyring, allowed_hosts(settings))
+        # A gateway with no webhook hosts refuses every callback_url, so it has nothing to
+        # deliver; it stays out of the senders' group, where it would take (and drop) the
+        # deliveries of gateways that do have hosts.
+        hosts = allowed_hosts(settings)
+        webhooks = WebhookSender(redis, keys, queue, keyring, hosts) if hosts else None
         await hub.start()
-        await webhooks.start()
+        if webhooks is not None:
+            await webhooks.start()
         try:
             yield
         finally:
-            await webhooks.stop()
+            if webhooks is not None:
+                await webhooks.stop()
             await hub.stop()
             await redis.aclose()
 
