@@ -62,6 +62,7 @@ from workers.explainers.optimisation.smooth_masks import (
     area_penalty,
 )
 from workers.explainers.registry import register
+from workers.explainers.scaling import at_input, at_input_int
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,10 @@ def geometry(
 ) -> tuple[int, float, float]:
     """``(step, σ, σ_max)``: each given value, else TorchRay's (7, 21, 20 px at 224 px) scaled
     by ``short_side / 224`` (the grid pitch rounded, at least 1)."""
-    scale = short_side / 224
     return (
-        step if step is not None else max(1, round(7 * short_side / 224)),
-        sigma if sigma is not None else 21.0 * scale,
-        max_blur if max_blur is not None else 20.0 * scale,
+        step if step is not None else at_input_int(7, short_side, minimum=1),
+        sigma if sigma is not None else at_input(21.0, short_side),
+        max_blur if max_blur is not None else at_input(20.0, short_side),
     )
 
 

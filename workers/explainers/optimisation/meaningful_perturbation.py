@@ -58,6 +58,7 @@ from workers.explainers.optimisation.loop import (
 from workers.explainers.optimisation.mp_init import initial_masks
 from workers.explainers.optimisation.optimisers import Adam
 from workers.explainers.registry import register
+from workers.explainers.scaling import at_input, at_input_int
 
 
 def upsample_mask(mask: Tensor, size: tuple[int, int], blur: float) -> Tensor:
@@ -125,12 +126,11 @@ def geometry(
 ) -> tuple[int, float, float, int]:
     """Each given value, else the code's (8, 5, 10, 4 px at 224 px) scaled by
     ``short_side / 224`` (the integers rounded; the cell at least 1 px)."""
-    scale = short_side / 224
     return (
-        mask_scale if mask_scale is not None else max(1, round(8 * short_side / 224)),
-        mask_blur if mask_blur is not None else 5.0 * scale,
-        blur_sigma if blur_sigma is not None else 10.0 * scale,
-        jitter if jitter is not None else round(4 * short_side / 224),
+        mask_scale if mask_scale is not None else at_input_int(8, short_side, minimum=1),
+        mask_blur if mask_blur is not None else at_input(5.0, short_side),
+        blur_sigma if blur_sigma is not None else at_input(10.0, short_side),
+        jitter if jitter is not None else at_input_int(4, short_side),
     )
 
 

@@ -76,6 +76,7 @@ from workers.explainers.optimisation.loop import (
 from workers.explainers.optimisation.optimisers import RMSPropTF1
 from workers.explainers.perturbation.engine import blur_fill
 from workers.explainers.registry import register
+from workers.explainers.scaling import at_input
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def neuromask(
     batch, size = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
     if fill not in ("blur", "black"):
         raise ExplainerError(f"NeuroMask's fill is 'blur' or 'black', not {fill!r}")
-    sigma = mask_sigma * min(size) / 224  # pixels at the input's size
+    sigma = at_input(mask_sigma, min(size))
     budget = Budget(iterations, early_stop, patience, tolerance)
     optimiser = RMSPropTF1(lr=learning_rate, ms_init=rms_init)
     lambdas = (lambda_pred, lambda_sparse, lambda_smooth)

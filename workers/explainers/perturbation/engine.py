@@ -44,6 +44,7 @@ from workers.explainers.base import (
     resolve_targets,
 )
 from workers.explainers.batching import iter_chunks
+from workers.explainers.scaling import at_input
 
 DEFAULT_BATCH = 64
 """Forward batch when ``max_batch_size`` arrives as None."""
@@ -236,7 +237,7 @@ def score_boxes(
 
 def blur_fill(inputs: Tensor) -> Tensor:
     """The ``blur`` fill: σ = 10 px at 224 px, scaled with the shorter side of the input."""
-    return gaussian_blur(inputs, BLUR_SIGMA_AT_224 * min(inputs.shape[-2:]) / 224)
+    return gaussian_blur(inputs, at_input(BLUR_SIGMA_AT_224, min(inputs.shape[-2:])))
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
