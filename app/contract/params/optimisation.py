@@ -108,7 +108,7 @@ class MeaningfulPerturbationParams(OptimisationParams, SeedParams):
     def check_model(self, model: ModelInfo) -> None:
         """The mask must have at least one cell per side."""
         super().check_model(model)
-        mask_scale = self.mask_scale or max(1, round(8 * min(model.input_size) / 224))
+        mask_scale = self.mask_scale or scaled_pixels(8, min(model.input_size))
         if mask_scale > min(model.input_size):
             raise ValueError(
                 f"mask_scale {mask_scale} is larger than the model input {model.input_size}"
@@ -205,10 +205,15 @@ TORCHRAY_STEP, TORCHRAY_SIGMA = 7, 21.0
 """TorchRay's smooth-mask grid pitch and kernel width, pixels at 224 px."""
 
 
+def scaled_pixels(pixels_at_224: int, short_side: int) -> int:
+    """A whole-pixel size given at 224 px, scaled to an input's shorter side, at least 1 (as
+    the worker's ``workers.explainers.scaling.at_input_int`` does)."""
+    return max(1, round(pixels_at_224 * short_side / 224))
+
+
 def scaled_step(short_side: int) -> int:
-    """TorchRay's 7 px grid pitch at 224 px, scaled to an input's shorter side (the worker's
-    ``extremal_perturbation.geometry`` does the same)."""
-    return max(1, round(TORCHRAY_STEP * short_side / 224))
+    """TorchRay's 7 px grid pitch at 224 px, scaled to an input's shorter side."""
+    return scaled_pixels(TORCHRAY_STEP, short_side)
 
 
 def _check_reach(sigma: float, step: int) -> None:
