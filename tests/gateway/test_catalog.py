@@ -40,4 +40,6 @@ def test_methods_publish_every_spec_with_schema_and_defaults(gateway: Gateway) -
         assert schema.get("additionalProperties") is False
         assert method["defaults"] == spec.params().model_dump(mode="json")
     occlusion = published["occlusion"]["params_schema"]["properties"]
-    assert occlusion["window"]["minimum"] == 1 and occlusion["window"]["description"]
+    window = occlusion["window"]  # an integer ≥ 1, or null for the size-scaled default
+    assert {"type": "integer", "minimum": 1, "maximum": 4096} in window["anyOf"]
+    assert "scaled" in window["description"]

@@ -96,3 +96,9 @@ class MethodSpec:
         way; methods of gradient-free passes run one job per call and share forward passes
         with every other job through the worker's batcher instead."""
         return self.family != "perturbation" and self.name != "scorecam"
+
+
+def scaled_pixels(pixels_at_224: int, short_side: int) -> int:
+    """A whole-pixel size given at 224 px, scaled to an input's shorter side, at least 1 (as
+    the worker's ``workers.explainers.scaling.at_input_int`` does)."""
+    return max(1, round(pixels_at_224 * short_side / 224))

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from app.contract.cost import Passes
 from app.contract.jobs import ModelInfo
-from app.contract.params.common import BatchParams, MethodSpec, SeedParams
+from app.contract.params.common import BatchParams, MethodSpec, SeedParams, scaled_pixels
 
 MAX_KERNEL_REACH = 22
 """Grid cells a smooth mask's kernel may reach from a pixel, ``1 + ⌈σ / step⌉`` (TorchRay's
@@ -203,12 +203,6 @@ class ExtremalPerturbationParams(OptimisationParams):
 
 TORCHRAY_STEP, TORCHRAY_SIGMA = 7, 21.0
 """TorchRay's smooth-mask grid pitch and kernel width, pixels at 224 px."""
-
-
-def scaled_pixels(pixels_at_224: int, short_side: int) -> int:
-    """A whole-pixel size given at 224 px, scaled to an input's shorter side, at least 1 (as
-    the worker's ``workers.explainers.scaling.at_input_int`` does)."""
-    return max(1, round(pixels_at_224 * short_side / 224))
 
 
 def scaled_step(short_side: int) -> int:

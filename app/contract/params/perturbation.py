@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from app.contract.cost import Passes
 from app.contract.jobs import ModelInfo
-from app.contract.params.common import BatchParams, MethodSpec, SeedParams
+from app.contract.params.common import BatchParams, MethodSpec, SeedParams, scaled_pixels
 
 Fill = Literal["zero", "blur", "local_mean"]
 Score = Literal["prob", "logit"]
@@ -32,28 +32,51 @@ class PerturbationParams(BatchParams):
     )
 
 
+OCCLUSION_WINDOW, OCCLUSION_STRIDE = 32, 8
+"""Occlusion's default window side and stride, pixels at 224 px."""
+
+
 class OcclusionParams(PerturbationParams):
     """Sliding-window occlusion (Zeiler & Fergus)."""
 
-    window: int = Field(32, ge=1, le=4096, description="Side of the square occluder, in pixels.")
-    stride: int = Field(8, ge=1, le=4096, description="Step of the sliding window, in pixels.")
+    window: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Side of the square occluder, in pixels; default 32 px at 224 px, scaled "
+        "with the model input's shorter side (16 px at 112 px).",
+    )
+    stride: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Step of the sliding window, in pixels; default 8 px at 224 px, scaled "
+        "like `window`.",
+    )
     fill: Fill = Field("zero", description=FILL_DOC)
     score: Score = Field("prob", description="Drop of the target's softmax `prob` or `logit`.")
 
+    def geometry(self, model: ModelInfo) -> tuple[int, int]:
+        """(window, stride) in pixels on this model's input: the given ones or the scaled
+        defaults."""
+        short = min(model.input_size)
+        return (
+            self.window or scaled_pixels(OCCLUSION_WINDOW, short),
+            self.stride or scaled_pixels(OCCLUSION_STRIDE, short),
+        )
+
     def passes(self, model: ModelInfo) -> Passes:
         """The clean pass and one per window."""
-        rows, cols = (
-            len(window_starts(side, self.window, self.stride)) for side in model.input_size
-        )
+        window, stride = self.geometry(model)
+        rows, cols = (len(window_starts(side, window, stride)) for side in model.input_size)
         return Passes(1 + rows * cols)
 
     def check_model(self, model: ModelInfo) -> None:
         """The window must fit in the model input."""
         super().check_model(model)
-        if self.window > min(model.input_size):
-            raise ValueError(
-                f"window {self.window} is larger than the model input {model.input_size}"
-            )
+        window, _ = self.geometry(model)
+        if window > min(model.input_size):
+            raise ValueError(f"window {window} is larger than the model input {model.input_size}")
 
 
 class FmoParams(PerturbationParams):

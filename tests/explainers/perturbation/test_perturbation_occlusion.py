@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.contract.jobs import ModelInfo
+from app.contract.params.perturbation import OcclusionParams
 from tests.explainers.perturbation.perturbation_models import (
     LinearModel,
     TinyConvNet,
@@ -94,3 +96,24 @@ def test_window_larger_than_the_input_is_refused() -> None:
     handle = handle_for(LinearModel(SIZE), SIZE)
     with pytest.raises(ExplainerError):
         occlusion(handle, torch.rand(1, 3, SIZE, SIZE), torch.tensor([0]), window=21)
+
+
+def test_default_window_and_stride_scale_with_the_input() -> None:
+    """32 / 8 px at 224 px, 16 / 4 px at 112 px, 4 / 1 px at 28 px; a client's value wins; the
+    contract counts the passes the explainer makes."""
+    handle = handle_for(TinyConvNet(), 28)
+    inputs = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 2])
+    default = occlusion(handle, inputs, targets)
+    explicit = occlusion(handle, inputs, targets, window=4, stride=1)
+    assert torch.equal(default.saliency, explicit.saliency)
+    assert default.meta[0]["forward_passes"] == 1 + 25 * 25
+    for side, expected in ((224, (32, 8)), (112, (16, 4)), (28, (4, 1)), (8, (1, 1))):
+        info = ModelInfo(
+            name="m", input_size=(side, side), num_classes=3, labels=["a", "b", "c"],
+            mean=[0.0] * 3, std=[1.0] * 3, default_layer=None, layers=[],
+        )  # fmt: skip
+        assert OcclusionParams().geometry(info) == expected
+        assert OcclusionParams(window=5).geometry(info)[0] == 5
+    info = info.model_copy(update={"input_size": (28, 28)})
+    assert OcclusionParams().passes(info).forward == default.meta[0]["forward_passes"]

@@ -13,7 +13,12 @@ with ``s_c`` the softmax probability (``score="prob"``, default) or the logit
 (``score="logit"``). Drops are signed (a window whose removal raises the score gets a negative
 value). Windows start at ``0, stride, 2·stride, …`` plus one flush with the far border when the
 stride does not land there, so every pixel is covered (Captum leaves such a border strip out).
-Defaults: 32 px window, 8 px stride (625 windows at 224 px). ZF used a grey square.
+Defaults: a 32 px window and an 8 px stride at 224 px (625 windows), scaled with the input's
+shorter side (16 px / 4 px at 112 px, the same 625 windows); ZF used a grey square. Until
+2026-11 the window was 32 px at every size: on the 112 px second evaluation model
+(``shapes_residual``, objects 14–30 px across) it pointed at the object on 78.8 % of 48
+held-out scenes, and 97.9 % with the scaled 16/4 px; judged on the demo model (not used to
+choose): 96.5 % → 98.0 %, deletion AUC 0.225 → 0.211 (``benchmarks/results/quality*.md``).
 
 Cost: ``1 + #windows`` forward passes per image, no gradient: the clean pass (which also gives
 the prediction), then the windows, every pass filled to ``max_batch_size`` across all images of
@@ -35,6 +40,10 @@ from workers.explainers.base import (
 )
 from workers.explainers.perturbation.engine import Evaluator, Fill, box_average, score_boxes
 from workers.explainers.registry import register
+from workers.explainers.scaling import at_input_int
+
+WINDOW, STRIDE = 32, 8
+"""Default window side and stride, pixels at 224 px (scaled with the input)."""
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -60,8 +69,8 @@ def occlusion(
     inputs: Tensor,
     targets: Tensor,
     *,
-    window: int = 32,
-    stride: int = 8,
+    window: int | None = None,
+    stride: int | None = None,
     fill: str = "zero",
     score: str = "prob",
     max_batch_size: int | None = 64,
@@ -70,6 +79,8 @@ def occlusion(
 ) -> Explanation:
     """Occlusion maps ``(B, H, W)``: mean target-score drop of the windows over each pixel."""
     batch, size = inputs.shape[0], (inputs.shape[-2], inputs.shape[-1])
+    window = window or at_input_int(WINDOW, min(size), minimum=1)
+    stride = stride or at_input_int(STRIDE, min(size), minimum=1)
     if window > min(size) or window < 1 or stride < 1:
         raise ExplainerError(f"window {window} / stride {stride} do not fit the input {size}")
     device = inputs.device
