@@ -221,8 +221,9 @@ def _check_reach(sigma: float, step: int) -> None:
 
 class NeuroMaskParams(OptimisationParams, SeedParams):
     """NeuroMask (Alzantot et al. 2019): the authors' `NeuroMask` class defaults, except the fill,
-    the initial range and the mask blur (the paper's code: `fill=black, init_limit=10,
-    mask_sigma=0`; why in `workers/explainers/optimisation/neuromask.py`)."""
+    the initial range, the mask blur and the growing sparsity weight (the paper's code:
+    `fill=black, init_limit=10, mask_sigma=0, sparsity_growth=1, keep_prediction=0`; why in
+    `workers/explainers/optimisation/neuromask.py`)."""
 
     iterations: int = Field(
         1000, ge=1, le=20_000, description="RMSProp iterations (code `explain`: 1000)."
@@ -289,10 +290,27 @@ class NeuroMaskParams(OptimisationParams, SeedParams):
         description="Gaussian blur of W before the sigmoid, in pixels at 224 px (scaled with "
         "the input): the mask cannot keep isolated pixels. 0 = the paper's per-pixel mask.",
     )
+    sparsity_growth: float = Field(
+        25.0,
+        ge=1,
+        le=1e4,
+        description="lambda_sparse grows geometrically to this multiple of itself by the last "
+        "iteration, so the mask sheds the context it does not need (1 = constant, the paper).",
+    )
+    keep_prediction: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="The map is the last mask whose masked image kept at least this share of "
+        "the target probability the image adds to its fill alone (the final mask if none did); "
+        "0 = the final mask, the paper.",
+    )
 
     def passes(self, model: ModelInfo) -> Passes:
-        """The clean pass, then a forward and backward per iteration."""
-        return Passes(1 + self.iterations, self.iterations)
+        """The clean pass, the fill's alone (when the weight grows), then a forward and backward
+        per iteration."""
+        fill_pass = 1 if self.keep_prediction > 0 and self.sparsity_growth > 1 else 0
+        return Passes(1 + fill_pass + self.iterations, self.iterations)
 
     def check_model(self, model: ModelInfo) -> None:
         """The Laplacian filter must fit in the input."""

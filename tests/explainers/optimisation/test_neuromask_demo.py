@@ -11,7 +11,10 @@ from workers.explainers import get_explainer
 from workers.explainers.metrics import pointing_game
 from workers.zoo import load_models
 
-CODE_SETTING = {"fill": "black", "init_limit": 10.0, "mask_sigma": 0.0}
+CODE_SETTING = {
+    "fill": "black", "init_limit": 10.0, "mask_sigma": 0.0, "sparsity_growth": 1.0,
+    "keep_prediction": 0.0,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

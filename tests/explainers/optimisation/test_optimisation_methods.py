@@ -68,7 +68,16 @@ def test_the_map_concentrates_on_the_region_the_target_depends_on(name: str) -> 
 
 @pytest.mark.parametrize(
     "setting",
-    [{}, {"fill": "black", "init_limit": 10.0, "mask_sigma": 0.0}],
+    [
+        {},
+        {
+            "fill": "black",
+            "init_limit": 10.0,
+            "mask_sigma": 0.0,
+            "sparsity_growth": 1.0,
+            "keep_prediction": 0.0,
+        },
+    ],
     ids=["defaults", "the-authors-code"],
 )
 def test_neuromask_with_the_service_and_the_code_defaults_concentrates_too(
@@ -251,6 +260,7 @@ def test_parameter_defaults_are_the_papers() -> None:
     )  # fmt: skip
     # the deviations from the authors' code (fill black, init 10, no mask blur), with reasons
     assert (nm.fill, nm.init_limit, nm.mask_sigma) == ("blur", 1.0, 4.0)
+    assert (nm.sparsity_growth, nm.keep_prediction) == (25.0, 0.25)
     assert not (mp.early_stop or ep.early_stop or nm.early_stop)
 
 
