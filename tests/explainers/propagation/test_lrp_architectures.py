@@ -167,7 +167,6 @@ REFUSED: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "learnt bias outside a layer": (LearntShift, "parameter used outside"),
     "frozen functional convolution": (lambda: FunctionalConv(frozen=True), "Convolution"),
     "leaf with a parameter": (Leaf, "no rule for layer 'middle' \\(Leaf\\)"),
-    "norm without a layer before it": (lambda: nn.BatchNorm2d(8), "does not directly follow"),
     "norm merged into the wrong layer": (NormAfterActivation, "changed the model's output"),
     "layer norm": (lambda: nn.GroupNorm(2, 8), "no rule for layer"),
     "3-d convolution": (lambda: nn.Conv3d(8, 8, 1), "supported layers"),
@@ -189,3 +188,71 @@ def test_a_softmax_output_is_refused() -> None:
     model = nn.Sequential(Head(nn.Identity()), nn.Softmax(dim=1)).eval()
     with pytest.raises(ExplainerError, match="Softmax"):
         lrp_relevance(handle_for(model), images(1), torch.tensor([0]))
+
+
+class DenseBlock(nn.Module):
+    """DenseNet's pattern: the input concatenated with a new feature map, then a batch norm that
+    follows the concatenation (no layer to merge it into), a ReLU and a 1×1 convolution."""
+
+    def __init__(self, scale: Tensor, shift: Tensor) -> None:
+        super().__init__()
+        self.grow = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(16).eval()
+        self.norm.weight.data, self.norm.bias.data = scale.clone(), shift.clone()
+        self.reduce = nn.Conv2d(16, 8, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.reduce(torch.relu(self.norm(torch.cat([x, torch.relu(self.grow(x))], 1))))
+
+
+def test_a_norm_after_a_concatenation_is_ruled_on_its_own() -> None:
+    """With no shift, the ε-rule on the norm passes relevance on (``s·x / (s·x) = 1``): the map
+    equals that of the same function with the positive scale folded into the next
+    convolution, and relevance is conserved."""
+    scale = torch.linspace(0.5, 2.0, 16)
+    block = DenseBlock(scale, torch.zeros(16))
+    model = Head(block).double().eval()
+    folded = Head(DenseBlock(torch.ones(16), torch.zeros(16))).double().eval()
+    folded.load_state_dict(model.state_dict())
+    folded.middle.norm.weight.data.fill_(1.0)
+    folded.middle.reduce.weight.data *= scale.double().view(1, -1, 1, 1)
+    x, targets = images(2, dtype=torch.float64), torch.tensor([0, 3])
+    for composite in ("epsilon", "epsilon_plus"):
+        kw = {"composite": composite, "epsilon": 1e-12}  # ε only stabilises here
+        ours, logits = lrp_relevance(handle_for(model), x, targets, **kw)
+        theirs, same = lrp_relevance(handle_for(folded), x, targets, **kw)
+        torch.testing.assert_close(logits, same)
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-9)
+    conserved(Head(DenseBlock(scale, torch.zeros(16))))
+
+
+def test_a_shifted_norm_after_a_concatenation_gives_its_shift_its_share() -> None:
+    """The ε-rule's known answer for ``y = s·x + t`` on one channel: ``R_x = s·x / (s·x + t)``
+    of ``R_y``; a positive shift takes the rest, so less relevance reaches the input."""
+    scale, shift = torch.linspace(0.5, 2.0, 16), torch.full((16,), 0.2)
+    model = Head(DenseBlock(scale, shift)).double().eval()
+    x, targets = images(2, dtype=torch.float64), torch.tensor([0, 3])
+    relevance, logits = lrp_relevance(handle_for(model), x, targets, composite="epsilon")
+    no_shift = Head(DenseBlock(scale, torch.zeros(16))).double().eval()
+    no_shift.load_state_dict(model.state_dict())
+    no_shift.middle.norm.bias.data.zero_()
+    assert torch.isfinite(relevance).all()
+    assert not torch.allclose(relevance, lrp_relevance(handle_for(no_shift), x, targets)[0])
+
+
+def test_a_torchvision_densenet_conserves_relevance() -> None:
+    """A small torchvision DenseNet (every norm of a dense layer's input follows a
+    concatenation), bias-free and with shift-free norms: the ε composite conserves the logit."""
+    from torchvision.models import DenseNet
+
+    torch.manual_seed(0)
+    model = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2,
+                     num_classes=CLASSES)  # fmt: skip
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.classifier.bias.data.zero_()
+    conserved(model)
+    relevance, _ = lrp_relevance(handle_for(model.float().eval()), images(2), torch.tensor([0, 3]))
+    assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0

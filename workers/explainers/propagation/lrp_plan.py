@@ -108,14 +108,22 @@ def merged_weights(module: nn.Module, norm: nn.Module | None) -> tuple[Tensor, T
 
 
 def merge_pairs(model: nn.Module) -> dict[nn.Module, nn.Module]:
-    """Layer -> the batch norm right after it among the leaves (``SequentialMergeBatchNorm``)."""
+    """Layer -> the batch norm right after it among the leaves (``SequentialMergeBatchNorm``),
+    when the norm has as many channels as the layer has outputs (DenseNet registers a layer's
+    last convolution right before the next layer's norm, which acts on a concatenation)."""
     pairs: dict[nn.Module, nn.Module] = {}
     last: nn.Module | None = None
     for leaf in collect_leaves(model):
         if isinstance(last, ZennitLinear) and isinstance(leaf, BatchNorm):
-            pairs[last] = leaf
+            if _outputs(last) in (None, leaf.num_features):  # else it norms something else
+                pairs[last] = leaf
         last = leaf
     return pairs
+
+
+def _outputs(layer: nn.Module) -> int | None:
+    """Output channels or features of a convolution or dense layer (None if unknown)."""
+    return getattr(layer, "out_channels", getattr(layer, "out_features", None))
 
 
 def check_layer(name: str, module: nn.Module) -> None:
@@ -132,14 +140,33 @@ def check_layer(name: str, module: nn.Module) -> None:
         raise ExplainerError(f"LRP: convolution {name!r} uses unsupported padding")
 
 
-def check_passive(name: str, module: nn.Module, template: Any, merged: set[nn.Module]) -> None:
+def affine_rule(name: str, norm: nn.Module, epsilon: float) -> lr.Rule:
+    """The ε-rule for a batch norm that follows no convolution or dense layer (DenseNet's norms
+    after a concatenation): in eval mode it is the per-channel affine map ``s·x + t``, a
+    depthwise 1×1 convolution, so ``R_x = s·x / stab_ε(s·x + t) · R_y`` (Hui & Binder, "BatchNorm
+    Decomposition for Deep Neural Network Interpretation", IWANN 2019, treat it so)."""
+    if type(norm) is not nn.BatchNorm2d:
+        raise ExplainerError(
+            f"LRP: batch norm {name!r} ({type(norm).__name__}) follows no convolution or dense "
+            "layer; only a BatchNorm2d can then be ruled on its own"
+        )
+    channels = norm.num_features
+    identity = torch.ones(channels, 1, 1, 1, device=norm.running_mean.device)
+    weight, shift = merged_weights(_Depthwise(identity), norm)
+    return lr.Epsilon(name, lr.LinearOp("conv", groups=channels), weight, shift, epsilon=epsilon)
+
+
+@dataclass(eq=False)
+class _Depthwise:
+    """A stand-in identity layer with a weight and no bias, for :func:`merged_weights`."""
+
+    weight: Tensor
+    bias: Tensor | None = None
+
+
+def check_passive(name: str, module: nn.Module, template: Any) -> None:
     """A module without a rule of ours must be one whose gradient is its LRP rule."""
     if isinstance(module, BatchNorm):
-        if module not in merged:
-            raise ExplainerError(
-                f"LRP: batch norm {name!r} does not directly follow a convolution or dense "
-                "layer, so it cannot be merged (architecture not supported)"
-            )
         return
     if isinstance(template, zr.Pass) and not isinstance(module, PASS_ACTIVATIONS):
         raise ExplainerError(
@@ -212,8 +239,12 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
     with torch.no_grad():
         for name, module in model.named_modules():
             template = composite.module_map(ctx, name, module)
+            if isinstance(module, BatchNorm) and module not in merged:
+                rules[name] = affine_rule(name, module, rule_kw["epsilon"])
+                modules[name] = module
+                continue
             if isinstance(template, zr.Pass | zr.Norm) or template is None:
-                check_passive(name, module, template, merged)
+                check_passive(name, module, template)
                 continue
             check_layer(name, module)
             weights = merged_weights(module, pairs.get(module))
