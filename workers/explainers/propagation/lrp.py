@@ -16,7 +16,10 @@ with ``z_jk = a_j w_jk``; composites (Zennit's, with their defaults) choose the 
 * ``epsilon``: ε everywhere (conserves relevance on a bias-free ReLU network: Σ R ≈ S_c).
 
 ``epsilon`` is the ε of the ε-rule layers; the stabiliser of the other rules is Zennit's 1e-6.
-Batch norms are merged into the preceding layer; ReLU and max pooling pass relevance; sums
+Batch norms are merged into the preceding layer; a batch norm that follows no layer with as
+many outputs (DenseNet's, after a concatenation) is ruled on its own as the per-channel affine
+map it is in eval mode, with the ε-rule (``lrp_plan.affine_rule``; no Zennit canonizer covers
+it); ReLU and max pooling pass relevance; sums
 (residual additions) and average pooling redistribute it in proportion to their inputs (Zennit's
 ``Norm``, without its 1e-6 stabiliser). Implementation: the rules as modified gradients
 (``lrp_rules``), one forward and one backward for the whole batch, each row seeded with its own
@@ -26,7 +29,7 @@ ResNet / VGG canonizers to float64 precision (tests), with two deliberate differ
 the batch-norm merge is exact (Zennit's merged norm still computes ``x / sqrt(1 + eps)``).
 Rules are cached per model (invalidated when a parameter changes) and the layer replacement
 lasts one forward pass. Architectures with operations that have no LRP rule (other
-activations, gates, un-merged batch norms, a softmax output) are refused (``lrp_check``).
+activations, gates, a softmax output) are refused (``lrp_check``).
 
 Pixel map: the relevance **summed** over colour channels (sign kept, not normalised), so the
 map sums to the total input relevance. The hybrid paper averages instead; the two differ only by
