@@ -238,6 +238,9 @@ def test_a_shifted_norm_after_a_concatenation_gives_its_shift_its_share() -> Non
     no_shift.middle.norm.bias.data.zero_()
     assert torch.isfinite(relevance).all()
     assert not torch.allclose(relevance, lrp_relevance(handle_for(no_shift), x, targets)[0])
+    # the shift took its share: the input no longer receives the whole logit
+    total, logit = relevance.sum(dim=(1, 2, 3)), logits.gather(1, targets.view(-1, 1))[:, 0]
+    assert ((total - logit).abs() > 1e-3 * logit.abs()).all()
 
 
 def test_a_torchvision_densenet_conserves_relevance() -> None:

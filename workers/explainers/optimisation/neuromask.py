@@ -243,7 +243,6 @@ def neuromask(
             steps[rows] = outcome.steps
     extra = 2 if floors is not None else 1  # the clean pass, and the fill's alone
     meta = [
-        {"forward_passes": extra + s, "backward_passes": s, "iterations": s}
-        for s in steps.tolist()
+        {"forward_passes": extra + s, "backward_passes": s, "iterations": s} for s in steps.tolist()
     ]
     return Explanation(masks[:, 0].float(), meta, logits)

@@ -114,9 +114,9 @@ def merge_pairs(model: nn.Module) -> dict[nn.Module, nn.Module]:
     pairs: dict[nn.Module, nn.Module] = {}
     last: nn.Module | None = None
     for leaf in collect_leaves(model):
-        if isinstance(last, ZennitLinear) and isinstance(leaf, BatchNorm):
-            if _outputs(last) in (None, leaf.num_features):  # else it norms something else
-                pairs[last] = leaf
+        follows = isinstance(last, ZennitLinear) and isinstance(leaf, BatchNorm)
+        if follows and _outputs(last) in (None, leaf.num_features):  # else it norms another
+            pairs[last] = leaf
         last = leaf
     return pairs
 
