@@ -21,7 +21,7 @@ def test_reduced_parameters_are_validated_and_reported() -> None:
     settings = Settings(reduced={"occlusion": {"stride": 16, "no_such_key": 1}})
     params, changed = effective_params("occlusion", settings)
     assert changed == {"stride": 16}
-    assert params["stride"] == 16 and params["window"] == 32
+    assert params["stride"] == 16 and params["window"] is None  # scaled with the input
 
 
 def test_missing_and_error_rows_keep_their_line() -> None:
