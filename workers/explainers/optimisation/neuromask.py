@@ -62,9 +62,10 @@ probability the image adds to its fill alone, ``p_0 + 0.25·(p_x − p_0)`` — 
 that still holds the prediction. Where the image adds less than 0.05 to the fill's probability
 (that toy model), there is nothing to hold and the weight stays constant. On
 ``shapes_residual``: keep 0.5: 81 %; 0.25: **88 % / 0.86 / 0.213**; 0.1: 88 %. Judged on the
-demo model, which did not choose them (16 scenes): 94 % / 0.94 / 0.219. Full figures of both
-models: ``benchmarks/results/quality*.md``. ``sparsity_growth=1, keep_prediction=0`` is the
-paper's constant weight and final mask. No 224 px evaluation model exists yet.
+demo model, which did not choose them (16 scenes): 94 % / 0.94 / 0.219. On 48 scenes of the
+second model: ``benchmarks/results/quality-shapes_residual-rerun.md``.
+``sparsity_growth=1, keep_prediction=0`` is the paper's constant weight and final mask. No
+224 px evaluation model exists yet.
 
 Saliency: the chosen ``m`` (high = kept). Cost: one clean pass (the prediction), one pass of
 the fill alone (when the weight grows), then ``iterations`` × (F + B) per image.
