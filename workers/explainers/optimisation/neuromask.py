@@ -152,13 +152,12 @@ MIN_EVIDENCE = 0.05
 
 
 def prediction_floors(
-    handle: ModelHandle, hidden: Tensor, logits: Tensor, targets: Tensor, keep: float
+    handle: ModelHandle, hidden: Tensor, logits: Tensor, targets: Tensor, keep: float, batch: int
 ) -> tuple[Tensor, Tensor]:
     """Per image, the target probability a returned mask must keep, ``p_0 + keep·(p_x − p_0)``
     (``p_x`` the clean image's, ``p_0`` its fill's alone: a share of the evidence the image adds
     to the fill), and whether the image adds at least :data:`MIN_EVIDENCE` (where it does not,
     there is no prediction to hold and the sparsity weight stays constant)."""
-    batch = max(1, min(64, hidden.shape[0]))
     filled, _ = clean_pass(handle, handle.from_display(hidden), targets, batch)
     rows = targets.view(-1, 1)
     clean = logits.float().softmax(dim=1).gather(1, rows)[:, 0]
@@ -210,7 +209,9 @@ def neuromask(
         kernel = laplacian_kernel(laplacian, device=inputs.device, dtype=dtype)
         floors, ramped = None, torch.zeros(batch, dtype=torch.bool, device=inputs.device)
         if keep_prediction > 0 and growth > 1:
-            floors, ramped = prediction_floors(handle, hidden, logits, targets, keep_prediction)
+            floors, ramped = prediction_floors(
+                handle, hidden, logits, targets, keep_prediction, max_batch_size or 64
+            )
             floors = floors.to(dtype)
         growths = torch.where(ramped, growth, 1.0).to(dtype)
         draw = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(seed))
