@@ -168,16 +168,23 @@ class LimeParams(PerturbationParams, SeedParams):
         description="Superpixels: `slic` (`segments` superpixels, whatever the input size; "
         "default) or `quickshift` (kernel 4 px, max_dist 200, ratio 0.2, lime's default).",
     )
-    segments: int = Field(100, ge=2, le=2000, description="Superpixels asked of `slic`.")
+    segments: int = Field(
+        300,
+        ge=2,
+        le=2000,
+        description="Superpixels asked of `slic` (default 300: a superpixel of 1/300 of the "
+        "image, smaller than the objects, at any input size).",
+    )
     kernel_width: float = Field(
         0.25, gt=0, le=100, description="Width of the exponential kernel on cosine distance."
     )
     alpha: float = Field(1.0, gt=0, le=1e6, description="Ridge penalty of the surrogate.")
     fill: Fill = Field(
-        "zero",
-        description="What a hidden superpixel shows: 0 in model-input space (the dataset's "
-        "mean colour; default), a blurred copy (`blur`) or its own mean colour (`local_mean`, "
-        "lime's default, which hides nothing of a flat-coloured object).",
+        "blur",
+        description="What a hidden superpixel shows: a blurred copy (`blur`, σ 10 px at 224 px, "
+        "scaled; default), 0 in model-input space (`zero`, the dataset's mean colour) or its "
+        "own mean colour (`local_mean`, lime's default, which hides nothing of a flat-coloured "
+        "object).",
     )
     score: Score = Field("prob", description="Regress the target's softmax `prob` or `logit`.")
 
