@@ -6,14 +6,15 @@ up-sampled (nearest, ×``mask_scale``) and blurred (σ = ``mask_blur``) into ``M
 
     min_m  λ1·Σ|1 − m| + λ2·Σ_uv ‖∇m(u, v)‖^β + p_c(Φ(x; M)),   Φ(x; M) = x ⊙ M + x̃ ⊙ (1 − M)
 
-with ``x̃`` the image blurred with σ = ``blur_sigma`` (10), ``p_c`` the softmax probability
-of the target, ``∇`` forward differences, λ1 = 1e-4, λ2 = 1e-2, β = 3. Adam (lr 0.1, β 0.9 /
-0.999), ``m`` clamped to [0, 1] after each step, 300 iterations (the paper says 500). Jitter:
-image and blurred image are resized to ``(H+4)×(W+4)`` and cropped at a random offset each
-iteration (one offset for the whole group, drawn from the seeded generator, so a row's result
-does not depend on the other rows). Initial mask (``init="circle"``): of centred discs of
-radius 0, 5, …, 170 px (scaled by min(H, W)/224) blurred with σ 10, deleting the smallest
-whose deletion brings ``p_c`` within 1% of the largest disc's (as the reference code).
+with ``x̃`` the image blurred with σ = ``blur_sigma`` (10), ``p_c`` the softmax probability of
+the target, ``∇`` forward differences, λ1 = 1e-4 (the code's; 1e-2 here, see below), λ2 = 1e-2,
+β = 3. Adam (lr 0.1, β 0.9 / 0.999), ``m`` clamped to [0, 1] after each step, 300 iterations
+(the paper says 500). Jitter: image and blurred image are resized to ``(H+4)×(W+4)`` and
+cropped at a random offset each iteration (one offset for the whole group, drawn from the
+seeded generator, so a row's result does not depend on the other rows). Initial mask
+(``init="circle"``): of centred discs of radius 0, 5, …, 170 px (scaled by min(H, W)/224)
+blurred with σ 10, deleting the smallest whose deletion brings ``p_c`` within 1% of the largest
+disc's (as the reference code).
 
 Pixel-sized parameters scale with the input: the cell (8), the mask blur (5), the blur of
 the deleted content (10) and the jitter (4) are the code's values at 224 px, multiplied by
@@ -21,6 +22,18 @@ the deleted content (10) and the jitter (4) are the code's values at 224 px, mul
 28×28 cells). At 112 px the unscaled values made 14×14 cells and blurs twice as wide relative
 to the image: on the demo model (16 held-out scenes) 69 % pointing and 0.25 energy in the
 box; scaled, 94 % and 0.39 (the same with the content blur left at 10 px).
+
+The L1 weight is 1e-2, not the code's 1e-4 (issue 14). With 1e-4 deleting every one of the
+784 cells costs 0.08, against a probability of at most 1: nothing keeps the deleted region
+small, and on models trained to tolerate occlusion (both evaluation models) the mask deletes
+a wide region around the object, whose maximum falls next to it. Chosen on the second
+evaluation model (``shapes_residual``, objects 1–6 % of the image; pointing / energy in the
+box): code defaults 75 % / 0.18 (24 scenes), λ1 1e-3 88 % / 0.36, 3e-3 88 % / 0.47, TV ×10
+79 %, content blur ×2 79 %, λ1 1e-3 with the content blur ×2 92 % / 0.37; on its 48
+benchmark scenes λ1 3e-3 with the blur ×2 100 % / 0.60 and **λ1 1e-2 100 % / 0.68** (one
+parameter changed, more mass on the object). Judged on the demo model (48 scenes): code
+defaults 85 % / 0.38, λ1 1e-2 **100 % / 0.78** (deletion AUC 0.243 → 0.224). ``l1_lambda=1e-4``
+gives the code's objective back.
 
 Saliency: ``1 − M``, the deleted region, at input resolution. Differences from the code [X]:
 the gradient flows exactly through the mask blur (the code skips the blur's derivative);
@@ -142,7 +155,7 @@ def meaningful_perturbation(
     *,
     iterations: int = 300,
     learning_rate: float = 0.1,
-    l1_lambda: float = 1e-4,
+    l1_lambda: float = 1e-2,
     tv_lambda: float = 1e-2,
     tv_beta: float = 3.0,
     mask_scale: int | None = None,
