@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms.functional import gaussian_blur
 
 from workers.demo.net import (
     DEFAULT_LAYER,
@@ -47,6 +46,7 @@ from workers.demo.net import (
     WIDTHS,
     ResidualShapesNet,
     ShapesNet,
+    build_residual224,
 )
 from workers.demo.scenes import CLASSES, EVAL_SEED, STYLES, make_scenes
 
@@ -82,14 +82,27 @@ def rectangle_masks(n: int, size: int, g: torch.Generator) -> Tensor:
     keep = torch.ones(n, 1, size, size)
     coords = torch.arange(size)
     count = torch.randint(1, 4, (n,), generator=g)
+    scale = size / SIZE
     for k in range(3):
-        side = torch.randint(16, 49, (n, 2), generator=g)
+        side = (torch.randint(16, 49, (n, 2), generator=g) * scale).long()
         corner = (torch.rand((n, 2), generator=g) * (size - side + 1)).long()
         rows = (coords >= corner[:, 1:2]) & (coords < corner[:, 1:2] + side[:, 1:2])  # (n, S)
         cols = (coords >= corner[:, 0:1]) & (coords < corner[:, 0:1] + side[:, 0:1])
         hidden = rows[:, :, None] & cols[:, None, :] & (k < count).view(n, 1, 1)
         keep[:, 0][hidden] = 0.0
     return keep
+
+
+def separable_blur(images: Tensor, kernel: int, sigma: float) -> Tensor:
+    """torchvision's ``gaussian_blur`` (reflect padding) as a row then a column pass: the same
+    image up to rounding, ``2k`` instead of ``k²`` products per pixel (it matters at 224 px)."""
+    offsets = torch.linspace(-(kernel // 2), kernel // 2, kernel, dtype=images.dtype)
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    rows = (weights / weights.sum()).view(1, 1, 1, kernel).expand(images.shape[1], 1, 1, kernel)
+    half, channels = kernel // 2, images.shape[1]
+    images = F.conv2d(F.pad(images, [half, half, 0, 0], mode="reflect"), rows, groups=channels)
+    padded = F.pad(images, [0, 0, half, half], mode="reflect")
+    return F.conv2d(padded, rows.transpose(2, 3), groups=channels)
 
 
 def occlude(inputs: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -100,8 +113,10 @@ def occlude(inputs: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
     blocky = grid_masks(n, size, g, "nearest")
     rectangles = rectangle_masks(n, size, g)
     keep = torch.where(kind <= 1, smooth, torch.where(kind == 2, blocky, rectangles))
-    blurred = gaussian_blur(inputs, kernel_size=[21, 21], sigma=[10.0, 10.0])
-    fill = torch.where(kind == 1, blurred, torch.zeros_like(inputs))
+    sigma = 10.0 * size / SIZE
+    fill = torch.zeros_like(inputs)
+    blurred_rows = (kind.view(-1) == 1).nonzero()[:, 0]  # blur only where it is the fill
+    fill[blurred_rows] = separable_blur(inputs[blurred_rows], 2 * round(sigma) + 1, sigma)
     return keep * inputs + (1 - keep) * fill, keep
 
 
@@ -123,15 +138,17 @@ ARCHS = {
     "plain": ("workers.demo.net:build", ShapesNet, DEFAULT_LAYER, WIDTHS),
     "residual": ("workers.demo.net:build_residual", ResidualShapesNet, RESIDUAL_LAYER,
                  RESIDUAL_WIDTHS),
+    "residual224": ("workers.demo.net:build_residual224", build_residual224, RESIDUAL_LAYER,
+                    RESIDUAL_WIDTHS),
 }  # fmt: skip
-"""``--arch``: (factory, class, default CAM layer, widths)."""
+"""``--arch``: (factory, class or builder, default CAM layer, widths)."""
 
 
 def training_batch(
-    step: int, batch: int, occluded: float, style: str = "plain"
+    step: int, batch: int, occluded: float, style: str = "plain", size: int = SIZE
 ) -> tuple[Tensor, Tensor]:
     """Inputs and soft targets of one step (scenes and occlusions seeded by the step)."""
-    scenes = make_scenes(batch, seed=step, style=style)
+    scenes = make_scenes(batch, seed=step, size=size, style=style)
     inputs = normalise(scenes.images)
     g = torch.Generator().manual_seed(500_000 + step)
     count = round(batch * occluded)
@@ -144,13 +161,13 @@ def training_batch(
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, scenes_count: int, batch: int = 128, style: str = "plain"
+    model: nn.Module, scenes_count: int, batch: int = 128, style: str = "plain", size: int = SIZE
 ) -> dict[str, float]:
     """Clean and occluded accuracy on held-out scenes (seeds 1_000_000 + i)."""
     model.eval()
     clean_hits, rows = [], []
     for i in range(math.ceil(scenes_count / batch)):
-        scenes = make_scenes(batch, seed=EVAL_SEED + i, style=style)
+        scenes = make_scenes(batch, seed=EVAL_SEED + i, size=size, style=style)
         inputs = normalise(scenes.images)
         clean_hits.append(model(inputs).argmax(1) == scenes.labels)
         occluded, keep = occlude(inputs, torch.Generator().manual_seed(2_000_000 + i))
@@ -177,7 +194,14 @@ def evaluate(
 
 
 def train(
-    steps: int, batch: int, lr: float, occluded: float, seed: int, arch: str, style: str
+    steps: int,
+    batch: int,
+    lr: float,
+    occluded: float,
+    seed: int,
+    arch: str,
+    style: str,
+    size: int = SIZE,
 ) -> nn.Module:
     """The trained model (eval mode)."""
     torch.manual_seed(seed)
@@ -192,7 +216,7 @@ def train(
     model.train()
     started = time.monotonic()
     for step in range(steps):
-        inputs, targets = training_batch(step, batch, occluded, style)
+        inputs, targets = training_batch(step, batch, occluded, style, size)
         loss = -(targets * model(inputs).log_softmax(1)).sum(1).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,6 +241,7 @@ def main() -> None:
     parser.add_argument("--eval-scenes", type=int, default=2048)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="plain")
     parser.add_argument("--style", choices=STYLES, default="plain", help="scenes")
+    parser.add_argument("--size", type=int, default=SIZE, help="input side in pixels")
     parser.add_argument("--name", default="shapes")
     parser.add_argument("--out", type=Path, default=ASSETS)
     args = parser.parse_args()
@@ -224,9 +249,11 @@ def main() -> None:
         parser.error("training seeds must stay below 1_000_000")
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    model = train(args.steps, args.batch, args.lr, args.occluded, args.seed, args.arch, args.style)
+    model = train(
+        args.steps, args.batch, args.lr, args.occluded, args.seed, args.arch, args.style, args.size
+    )
     train_seconds = time.monotonic() - started
-    metrics = evaluate(model, args.eval_scenes, style=args.style)
+    metrics = evaluate(model, args.eval_scenes, style=args.style, size=args.size)
     print(json.dumps(metrics, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     factory, _, layer, widths = ARCHS[args.arch]
@@ -235,7 +262,7 @@ def main() -> None:
         "name": args.name,
         "factory": factory,
         "weights": f"{args.name}.pt",
-        "input_size": [SIZE, SIZE],
+        "input_size": [args.size, args.size],
         "mean": list(MEAN),
         "std": list(STD),
         "labels": list(CLASSES),
@@ -246,7 +273,7 @@ def main() -> None:
             f"--steps {args.steps} --batch {args.batch} --lr {args.lr} "
             f"--occluded {args.occluded} --seed {args.seed} --threads {args.threads}"
             + (
-                f" --arch {args.arch} --style {args.style} --name {args.name}"
+                f" --arch {args.arch} --style {args.style} --size {args.size} --name {args.name}"
                 if args.name != "shapes"
                 else ""
             ),

@@ -97,11 +97,14 @@ class ResidualShapesNet(nn.Module):
     layout at 224 px).
     """
 
-    def __init__(self, num_classes: int = 5, widths: tuple[int, ...] = RESIDUAL_WIDTHS) -> None:
+    def __init__(
+        self, num_classes: int = 5, widths: tuple[int, ...] = RESIDUAL_WIDTHS, stem_stride: int = 2
+    ) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
+        kernel = 2 * stem_stride + 1  # 5 at stride 2 (112 px), 9 at stride 4 (224 px)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, w1, 5, stride=2, padding=2, bias=False),
+            nn.Conv2d(3, w1, kernel, stride=stem_stride, padding=stem_stride, bias=False),
             nn.BatchNorm2d(w1),
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),
@@ -122,3 +125,10 @@ class ResidualShapesNet(nn.Module):
 def build_residual(num_classes: int = 5) -> ResidualShapesNet:
     """Factory of the second evaluation model (``benchmarks/quality/models.toml``)."""
     return ResidualShapesNet(num_classes=num_classes)
+
+
+def build_residual224(num_classes: int = 5) -> ResidualShapesNet:
+    """Factory of the third evaluation model: the same network for 224 px inputs, its stem
+    convolution 9×9 with stride 4 (224 → 56 → 28 after the max-pool), so that every later layer
+    sees what it sees at 112 px and the last map is 7×7."""
+    return ResidualShapesNet(num_classes=num_classes, stem_stride=4)
