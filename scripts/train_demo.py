@@ -7,6 +7,12 @@ The quality benchmark's second evaluation model (another architecture, other sce
     .venv/bin/python scripts/train_demo.py --arch residual --style textured \
         --name shapes_residual --out benchmarks/quality/models
 
+The third (the same network at 224 px: a 9×9 stride-4 stem, so that every later layer sees
+what it sees at 112 px; about 30 minutes on one CPU thread, most of it drawing the scenes):
+
+    .venv/bin/python scripts/train_demo.py --arch residual224 --style textured --size 224 \
+        --name shapes_residual224 --out benchmarks/quality/models
+
 Every step draws a fresh batch with :func:`workers.demo.scenes.make_scenes` (seed = step, all
 below 1_000_000). Half of each batch is occluded the way explanation methods perturb inputs,
 in model-input space (0 = the mean colour):
@@ -17,6 +23,8 @@ in model-input space (0 = the mean colour):
 * blocky masks: the same grid up-sampled with nearest neighbours (superpixel-like on/off
   patches, as LIME and FMO switch regions), filled with 0;
 * one to three filled rectangles of side 16–48 px (occlusion windows), filled with 0.
+
+Pixel sizes (the rectangles, the fill's σ) are at 112 px and scale with ``--size``.
 
 The target of an occluded scene is softened toward uniform in proportion to the hidden part
 of the object, ``y = (1 − h)·onehot + h/K`` with ``h = 1 − Σ m·mask / Σ mask`` (``m`` the

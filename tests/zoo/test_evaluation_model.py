@@ -1,4 +1,4 @@
-"""The quality benchmark's second evaluation model and its textured scenes."""
+"""The quality benchmark's second and third evaluation models and their textured scenes."""
 
 from __future__ import annotations
 
@@ -33,13 +33,34 @@ def test_textured_scenes_have_small_objects_on_gratings() -> None:
         make_scenes(2, seed=0, style="noisy")
 
 
-def test_the_second_model_classifies_its_scenes_and_grad_cam_finds_the_object() -> None:
-    handle = load_models(str(MODELS_FILE), torch.device("cpu"))["shapes_residual"]
-    assert handle.default_layer == "layer4"
-    scenes = make_scenes(64, seed=EVAL_SEED, style="textured")
+@pytest.mark.parametrize(("name", "size"), [("shapes_residual", 112), ("shapes_residual224", 224)])
+def test_the_evaluation_models_classify_their_scenes_and_grad_cam_finds_the_object(
+    name: str, size: int
+) -> None:
+    handle = load_models(str(MODELS_FILE), torch.device("cpu"))[name]
+    assert handle.default_layer == "layer4" and handle.input_size == (size, size)
+    scenes = make_scenes(64, seed=EVAL_SEED, size=size, style="textured")
     inputs = handle.from_display(scenes.images)
     with torch.inference_mode():
         accuracy = (handle.model(inputs).argmax(dim=1) == scenes.labels).float().mean()
-    assert accuracy >= 0.85  # 93 % on 2,048 held-out scenes (models/shapes_residual.json)
+        last_map = handle.model.layer4(
+            handle.model.layer3(
+                handle.model.layer2(handle.model.layer1(handle.model.stem(inputs[:1])))
+            )
+        )
+    assert last_map.shape[-2:] == (7, 7)  # a ResNet's 7×7 at either size
+    assert accuracy >= 0.85  # 93–94 % on 2,048 held-out scenes (models/<name>.json)
     maps = get_explainer("gradcam")(handle, inputs[:16], scenes.labels[:16]).saliency
     assert pointing_game(maps, scenes.masks[:16]).mean() >= 0.75
+
+
+def test_the_training_blur_is_torchvisions_gaussian_blur() -> None:
+    """``train_demo.separable_blur`` (two 1-D passes) draws the same image as torchvision's
+    2-D ``gaussian_blur``, which the first two models were trained with."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    from scripts.train_demo import separable_blur
+
+    images = make_scenes(3, seed=1, size=64).images
+    expected = gaussian_blur(images, kernel_size=[21, 21], sigma=[10.0, 10.0])
+    torch.testing.assert_close(separable_blur(images, 21, 10.0), expected, rtol=0, atol=1e-5)
