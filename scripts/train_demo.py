@@ -57,6 +57,7 @@ from workers.demo.net import (
     build_residual224,
 )
 from workers.demo.scenes import CLASSES, EVAL_SEED, STYLES, make_scenes
+from workers.explainers.perturbation.engine import gaussian_blur
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -101,18 +102,6 @@ def rectangle_masks(n: int, size: int, g: torch.Generator) -> Tensor:
     return keep
 
 
-def separable_blur(images: Tensor, kernel: int, sigma: float) -> Tensor:
-    """torchvision's ``gaussian_blur`` (reflect padding) as a row then a column pass: the same
-    image up to rounding, ``2k`` instead of ``k²`` products per pixel (it matters at 224 px)."""
-    offsets = torch.linspace(-(kernel // 2), kernel // 2, kernel, dtype=images.dtype)
-    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    rows = (weights / weights.sum()).view(1, 1, 1, kernel).expand(images.shape[1], 1, 1, kernel)
-    half, channels = kernel // 2, images.shape[1]
-    images = F.conv2d(F.pad(images, [half, half, 0, 0], mode="reflect"), rows, groups=channels)
-    padded = F.pad(images, [0, 0, half, half], mode="reflect")
-    return F.conv2d(padded, rows.transpose(2, 3), groups=channels)
-
-
 def occlude(inputs: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
     """Occluded copies of model inputs and the kept fraction of each pixel ``(n, 1, S, S)``."""
     n, _, size, _ = inputs.shape
@@ -124,7 +113,8 @@ def occlude(inputs: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
     sigma = 10.0 * size / SIZE
     fill = torch.zeros_like(inputs)
     blurred_rows = (kind.view(-1) == 1).nonzero()[:, 0]  # blur only where it is the fill
-    fill[blurred_rows] = separable_blur(inputs[blurred_rows], 2 * round(sigma) + 1, sigma)
+    # torchvision's kernel_size 2·round(σ) + 1 (the first two models' fill), separable
+    fill[blurred_rows] = gaussian_blur(inputs[blurred_rows], sigma, truncate=round(sigma) / sigma)
     return keep * inputs + (1 - keep) * fill, keep
 
 

@@ -55,12 +55,15 @@ def test_the_evaluation_models_classify_their_scenes_and_grad_cam_finds_the_obje
 
 
 def test_the_training_blur_is_torchvisions_gaussian_blur() -> None:
-    """``train_demo.separable_blur`` (two 1-D passes) draws the same image as torchvision's
-    2-D ``gaussian_blur``, which the first two models were trained with."""
-    from torchvision.transforms.functional import gaussian_blur
+    """The training fill (``train_demo.occlude``: the engine's separable blur truncated at
+    round(σ)) draws the same image as torchvision's 2-D ``gaussian_blur``, which the first two
+    models were trained with."""
+    from torchvision.transforms.functional import gaussian_blur as torchvision_blur
 
-    from scripts.train_demo import separable_blur
+    from workers.explainers.perturbation.engine import gaussian_blur
 
     images = make_scenes(3, seed=1, size=64).images
-    expected = gaussian_blur(images, kernel_size=[21, 21], sigma=[10.0, 10.0])
-    torch.testing.assert_close(separable_blur(images, 21, 10.0), expected, rtol=0, atol=1e-5)
+    expected = torchvision_blur(images, kernel_size=[21, 21], sigma=[10.0, 10.0])
+    torch.testing.assert_close(
+        gaussian_blur(images, 10.0, truncate=1.0), expected, rtol=0, atol=1e-5
+    )

@@ -240,12 +240,13 @@ def blur_fill(inputs: Tensor) -> Tensor:
     return gaussian_blur(inputs, at_input(BLUR_SIGMA_AT_224, min(inputs.shape[-2:])))
 
 
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``(B, C, H, W)`` with reflect padding (truncated at 3σ)."""
+def gaussian_blur(images: Tensor, sigma: float, truncate: float = 3.0) -> Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` with reflect padding, truncated at
+    ``truncate``·σ (1σ with ``round(σ)`` is torchvision's ``kernel_size = 2·round(σ) + 1``)."""
     if sigma <= 0:
         return images
     height, width = images.shape[-2:]
-    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
+    radius = max(1, min(math.ceil(truncate * sigma), height - 1, width - 1))
     offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).to(images.dtype)
