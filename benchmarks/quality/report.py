@@ -151,9 +151,10 @@ def update_readme(readme: Path, text: str, figure: str) -> bool:
     before, rest = content.split(START, 1)
     after = rest.split(END, 1)[1]
     section = (
-        f"{START}\n{text}\n\n![every method on a few held-out scenes]({figure})\n\n"
-        "(`python -m benchmarks.quality` writes this section, `benchmarks/results/quality.md` "
-        f"and the figure.)\n{END}"
+        f"{START}\n{text}\n\n![every method on a few held-out scenes of the demo model]"
+        f"({figure})\n\n(`python -m benchmarks.quality` writes this section, "
+        "`benchmarks/results/quality-summary.md`, each model's table and figure.)\n"
+        f"{END}"
     )
     readme.write_text(before + section + after, encoding="utf-8")
     return True
