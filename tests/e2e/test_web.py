@@ -158,21 +158,21 @@ def test_methods_a_model_cannot_run_are_greyed_out_with_the_reason(
     browser: Browser, live: Service
 ) -> None:
     # A second worker's announcement: a model whose LRP the worker found unsupported.
-    reason = "LRP: activation 'features.1' (Hardswish) is not supported"
-    announce(live.redis, live.keys, [model_info("hardswish", unsupported={"lrp": reason})],
+    reason = "LRP: activation 'features.1' (Sigmoid) is not supported"
+    announce(live.redis, live.keys, [model_info("sigmoid", unsupported={"lrp": reason})],
              worker_id="announcer")  # fmt: skip
     context = browser.new_context()
     page = context.new_page()
     try:
         page.goto(live.url + "/")
-        expect(page.locator("#model option[value=hardswish]")).to_have_count(1)
+        expect(page.locator("#model option[value=sigmoid]")).to_have_count(1)
         lrp = page.locator("#methods .method").filter(has=page.locator("#m-lrp"))
         page.select_option("#model", "tiny")
         expect(lrp).not_to_have_class(re.compile("unsupported"))
         page.check("#m-lrp")
-        page.select_option("#model", "hardswish")
+        page.select_option("#model", "sigmoid")
         expect(lrp).to_have_class(re.compile("unsupported"))
-        expect(page.locator("label[for=m-lrp]")).to_have_attribute("title", re.compile("Hardswish"))
+        expect(page.locator("label[for=m-lrp]")).to_have_attribute("title", re.compile("Sigmoid"))
         expect(page.locator("#m-lrp")).not_to_be_checked()
     finally:
         context.close()

@@ -152,13 +152,13 @@ def test_parameters_can_move_a_job_to_the_slow_lane(gateway: Gateway) -> None:
 
 
 def test_a_method_the_model_cannot_run_is_refused_before_queueing(gateway: Gateway) -> None:
-    reason = "LRP: activation 'features.1' (Hardswish) is not supported"
+    reason = "LRP: activation 'features.1' (Sigmoid) is not supported"
     refused = {"lrp": reason, "gradcam": "no spatial layer"}
     announce(gateway.redis, gateway.keys, [model_info(unsupported=refused)])
     listed = gateway.http.get("/v1/models").json()["models"][0]
     assert listed["unsupported"]["lrp"] == reason
     body = problem(post_image(gateway, method="lrp", wait="0"), 422)
-    assert "cannot run on model 'shapes'" in body["detail"] and "Hardswish" in body["detail"]
+    assert "cannot run on model 'shapes'" in body["detail"] and "Sigmoid" in body["detail"]
     problem(post_image(gateway, method="gradcam", wait="0"), 422)
     # A layer-based method still runs with an explicit layer.
     layer = json.dumps({"layer": "features.0"})

@@ -22,11 +22,11 @@ def test_a_plain_cnn_runs_every_method() -> None:
 
 def test_lrp_and_its_hybrid_are_refused_where_a_layer_has_no_rule() -> None:
     torch.manual_seed(0)
-    hard = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(),
+    hard = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sigmoid(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))  # fmt: skip
     refused = unsupported_methods(handle(hard))
     assert set(refused) == {"lrp", "gradcam_lrp"}
-    assert all("Hardswish" in reason for reason in refused.values())
+    assert all("Sigmoid" in reason for reason in refused.values())
     vit = unsupported_methods(ModelHandle("vit", tiny_vit(), (32, 32)))
     assert set(vit) == {"lrp", "gradcam_lrp"} and "LayerNorm" in vit["lrp"]
 
@@ -42,7 +42,7 @@ def test_a_model_without_a_spatial_layer_refuses_every_layer_based_method() -> N
 
 def test_the_worker_announces_them() -> None:
     torch.manual_seed(0)
-    hard = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(),
+    hard = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sigmoid(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))  # fmt: skip
     info = describe(handle(hard), batch_size=4)
     assert set(info.unsupported) == {"lrp", "gradcam_lrp"}

@@ -47,12 +47,12 @@ class Head(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-def conserved(model: nn.Module, composite: str = "epsilon") -> None:
-    """Σ R = target logit (bias-free model, ε rule)."""
+def conserved(model: nn.Module, composite: str = "epsilon", epsilon: float = 1e-9) -> None:
+    """Σ R = target logit (bias-free model, ε rule; ε takes its share of small logits)."""
     model = model.double().eval()
     handle = handle_for(model)
     x, targets = images(2, dtype=torch.float64), torch.tensor([0, 3])
-    relevance, logits = lrp_relevance(handle, x, targets, composite=composite, epsilon=1e-9)
+    relevance, logits = lrp_relevance(handle, x, targets, composite=composite, epsilon=epsilon)
     expected = logits.gather(1, targets.view(-1, 1))[:, 0]
     torch.testing.assert_close(relevance.sum(dim=(1, 2, 3)), expected, rtol=1e-6, atol=1e-9)
 
@@ -159,7 +159,7 @@ class NormAfterActivation(nn.Module):
 REFUSED: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "sigmoid module": (lambda: nn.Sequential(nn.Conv2d(8, 8, 1), nn.Sigmoid()), "Sigmoid"),
     "tanh module": (lambda: nn.Tanh(), "Tanh"),
-    "relu6 module": (lambda: nn.ReLU6(), "ReLU6"),
+    "softplus module": (lambda: nn.Softplus(), "Softplus"),
     "functional gate": (Gate, "product of two activations"),
     "product of activations": (Bilinear, "product of two activations"),
     "added constant": (Shift, "constant"),
@@ -259,3 +259,54 @@ def test_a_torchvision_densenet_conserves_relevance() -> None:
     conserved(model)
     relevance, _ = lrp_relevance(handle_for(model.float().eval()), images(2), torch.tensor([0, 3]))
     assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0
+
+
+@pytest.mark.parametrize("act", [nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ReLU6])
+def test_gated_activations_take_the_identity_rule_and_conserve_relevance(act: type) -> None:
+    model = Head(nn.Sequential(Residual(8)), act=act)
+    conserved(model, epsilon=1e-14)
+    relevance, _ = lrp_relevance(handle_for(model.float()), images(2), torch.tensor([0, 3]))
+    assert torch.isfinite(relevance).all() and relevance.std() > 0  # the default composite
+
+
+def test_the_identity_rule_known_answer_on_a_silu_network() -> None:
+    """``f = W2·silu(W1·x)``: the ε-rule (ε → 0) gives the hidden units ``R_j = a_j·W2[c, j]``,
+    SiLU passes them on unchanged, and the inputs get ``R_i = Σ_j x_i·W1[j, i] / z_j · R_j``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6, bias=False), nn.SiLU(),
+                          nn.Linear(6, CLASSES, bias=False)).double().eval()  # fmt: skip
+    x = torch.randn(1, 3, 2, 2, dtype=torch.float64)
+    relevance, _ = lrp_relevance(
+        handle_for(model), x, torch.tensor([2]), composite="epsilon", epsilon=1e-12
+    )
+    w1, w2 = model[1].weight, model[3].weight
+    z = w1 @ x.flatten()
+    hidden = F.silu(z) * w2[2]
+    expected = (x.flatten()[None, :] * w1 / z[:, None] * hidden[:, None]).sum(dim=0)
+    torch.testing.assert_close(relevance.flatten(), expected.detach(), rtol=1e-8, atol=1e-12)
+
+
+def test_a_squeeze_excitation_gate_is_held_constant_and_conserves_relevance() -> None:
+    """torchvision's SE block (its own biases live inside the gate, which takes no relevance)."""
+    from torchvision.ops.misc import SqueezeExcitation
+
+    torch.manual_seed(0)
+    block = nn.Sequential(Residual(8), SqueezeExcitation(8, 4), nn.Hardswish())
+    conserved(Head(block, act=nn.SiLU), epsilon=1e-14)
+
+
+def test_torchvision_mobilenet_v3_and_efficientnet_conserve_relevance() -> None:
+    """Hardswish or SiLU, SE gates, merged batch norms: bias-free and shift-free, the ε
+    composite conserves the logit."""
+    from torchvision.models import efficientnet_b0, mobilenet_v3_small
+
+    for build in (mobilenet_v3_small, efficientnet_b0):
+        torch.manual_seed(0)
+        model = build(num_classes=CLASSES)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.data.uniform_(0.5, 1.5)
+            elif isinstance(module, nn.Linear):
+                module.weight.data.normal_(0, 0.5)
+                module.bias.data.zero_()
+        conserved(model, epsilon=1e-14)  # randomly initialised, their logits are ~1e-8

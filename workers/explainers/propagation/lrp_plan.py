@@ -6,7 +6,9 @@ by the matching modified-gradient rule of :mod:`lrp_rules`. Batch norms are merg
 convolution or dense layer that precedes them among the model's leaves, as Zennit's
 ``SequentialMergeBatchNorm`` (and so its ``ResNetCanonizer`` and ``VGGCanonizer``) pairs them.
 Residual additions need no canonizer here: in the modified-gradient form the plain gradient of
-``a + b`` is Zennit's ``Norm`` rule for a ``Sum`` module.
+``a + b`` is Zennit's ``Norm`` rule for a ``Sum`` module. SiLU, Hardswish, GELU, Mish and ReLU6
+get the identity rule and torchvision's squeeze-and-excitation gates are held constant
+(:func:`identity_rule_forward`, :func:`gate_forward`): MobileNetV3, EfficientNet and RegNetY.
 
 Nothing of the model is modified: merged and rule weights are separate tensors, cached per
 model and invalidated when any parameter or buffer of a ruled layer changes (data pointer or
@@ -24,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops.misc import SqueezeExcitation
 from zennit import composites as zc
 from zennit import rules as zr
 from zennit.core import Composite, collect_leaves
@@ -43,6 +46,11 @@ COMPOSITE_NAMES = (
 )
 PASS_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
 """Activations whose Zennit ``Pass`` rule equals their gradient in the c = R / a space."""
+IDENTITY_RULE_ACTIVATIONS = (nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ReLU6)
+"""Element-wise activations ``f(x) = x·g(x)`` with ``g ≥ 0`` given the identity rule
+``R_x = R_f(x)`` (Zennit's ``Pass``; AttnLRP, Achtibat et al. ICML 2024, Sec. 3.3.2, for GELU and
+SiLU): in the c = R / a space its modified gradient is ``g(x) = f(x) / x`` (sigmoid(x) for SiLU,
+hardsigmoid(x) for Hardswish, Φ(x) for GELU), so the forward becomes ``x · g(x).detach()``."""
 
 
 def zennit_composite(name: str, epsilon: float, low: Tensor, high: Tensor) -> Composite:
@@ -164,14 +172,43 @@ class _Depthwise:
     bias: Tensor | None = None
 
 
+def identity_rule_forward(activation: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The forward of an :data:`IDENTITY_RULE_ACTIVATIONS` module under the identity rule: the
+    same values, ``x · g(x)`` with the gate ``g = f(x) / x`` (0 where x = 0) held constant."""
+    function = type(activation).forward
+
+    def forward(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            plain = x.detach()
+            y = function(activation, plain.clone())  # a clone: the module may act in place
+            gate = torch.where(plain != 0, y / plain, torch.zeros_like(plain))
+        return x * gate
+
+    return forward
+
+
+def gate_forward(block: SqueezeExcitation) -> Callable[[Tensor], Tensor]:
+    """A squeeze-and-excitation block's forward with its channel gate held constant: the gate
+    is a per-channel weight computed from the input, like a batch norm's scale, and takes no
+    relevance; the signal takes all of it (Arras et al., "Explaining Recurrent Neural Network
+    Predictions in Sentiment Analysis", WASSA 2017, for multiplicative gates)."""
+
+    def forward(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            scale = block._scale(x.detach())
+        return scale * x
+
+    return forward
+
+
 def check_passive(name: str, module: nn.Module, template: Any) -> None:
     """A module without a rule of ours must be one whose gradient is its LRP rule."""
-    if isinstance(module, BatchNorm):
+    if isinstance(module, (BatchNorm, IDENTITY_RULE_ACTIVATIONS)):
         return
     if isinstance(template, zr.Pass) and not isinstance(module, PASS_ACTIVATIONS):
+        supported = ", ".join(t.__name__ for t in PASS_ACTIVATIONS + IDENTITY_RULE_ACTIVATIONS)
         raise ExplainerError(
-            f"LRP: activation {name!r} ({type(module).__name__}) is not supported; "
-            "ReLU and LeakyReLU are"
+            f"LRP: activation {name!r} ({type(module).__name__}) is not supported; {supported} are"
         )
     if template is None and next(module.children(), None) is None:
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
@@ -191,6 +228,8 @@ class Plan:
     norms: list[nn.Module]
     signature: tuple[tuple[int, int], ...]
     emits_relevance: bool
+    forwards: list[tuple[nn.Module, Callable[[Tensor], Tensor]]] = field(default_factory=list)
+    """Rule-free modules whose forward is replaced too (identity-rule activations, gates)."""
     validated: bool = False
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -202,6 +241,7 @@ class Plan:
         try:
             targets = [(self.modules[n], lr.rule_forward(r)) for n, r in self.rules.items()]
             targets += [(norm, _identity) for norm in self.norms]
+            targets += self.forwards
             for module, forward in targets:
                 if "forward" in module.__dict__:
                     raise ExplainerError(
@@ -235,9 +275,20 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
     merged = set(pairs.values())
     rules: dict[str, lr.Rule] = {}
     modules: dict[str, nn.Module] = {}
+    forwards: list[tuple[nn.Module, Callable[[Tensor], Tensor]]] = []
+    gates: list[str] = []
     ctx: dict[Any, Any] = {}
     with torch.no_grad():
         for name, module in model.named_modules():
+            if any(name.startswith(f"{gate}.") for gate in gates):
+                continue  # inside a constant gate: no relevance flows there
+            if isinstance(module, SqueezeExcitation):
+                forwards.append((module, gate_forward(module)))
+                gates.append(name)
+                continue
+            if isinstance(module, IDENTITY_RULE_ACTIVATIONS):
+                forwards.append((module, identity_rule_forward(module)))
+                continue
             template = composite.module_map(ctx, name, module)
             if isinstance(module, BatchNorm) and module not in merged:
                 rules[name] = affine_rule(name, module, rule_kw["epsilon"])
@@ -260,6 +311,7 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
         norms=norms,
         signature=signature([*modules.values(), *norms]),
         emits_relevance=bool(emitting),
+        forwards=forwards,
     )
 
 
