@@ -30,9 +30,12 @@ EVAL_SEED = 1_000_000
 """First seed of held-out scenes; training seeds are below it."""
 
 N_STROKES = 3
-STYLES = ("plain", "textured")
-RADIUS = {"plain": (11.0, 26.0), "textured": (7.0, 15.0)}
+STYLES = ("plain", "textured", "crowded")
+RADIUS = {"plain": (11.0, 26.0), "textured": (7.0, 15.0), "crowded": (11.0, 20.0)}
 """Object radius range at 112 px, per style."""
+DISTRACTORS = 3
+DISTRACTOR_RADIUS = (5.0, 8.0)
+"""``crowded`` scenes: shapes of the other classes, smaller than the object (at 112 px)."""
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
@@ -48,6 +51,9 @@ class Scenes:
     """``(n, size, size)`` bool, the object's pixels."""
     boxes: Tensor
     """``(n, 4)`` long ``(x0, y0, x1, y1)``, exclusive ends: the masks' bounding boxes."""
+    distractors: Tensor | None = None
+    """``(n, size, size)`` bool, the visible pixels of the other classes' shapes
+    (``crowded`` scenes only)."""
 
 
 def _uniform(generator: torch.Generator, shape: tuple[int, ...], low: float, high: float) -> Tensor:
@@ -185,7 +191,9 @@ def make_scenes(n: int, seed: int, size: int = 112, style: str = "plain") -> Sce
 
     ``style="textured"`` (the second evaluation model's scenes): smaller objects (radius
     7–15 px at 112 px: 1–6 % of the image), the background overlaid with two colour gratings,
-    and twice the strokes.
+    and twice the strokes. ``style="crowded"``: before the object, :data:`DISTRACTORS` shapes
+    of the other classes (radius 5–8 px) are painted anywhere, the object is larger (radius
+    11–20 px) and its class is the label; only the object is in ``masks``.
     """
     if style not in STYLES:
         raise ValueError(f"style is one of {STYLES}, not {style!r}")
@@ -195,8 +203,26 @@ def make_scenes(n: int, seed: int, size: int = 112, style: str = "plain") -> Sce
     if style == "textured":
         background = _strokes(background + _texture(n, size, g), g)
     images = _strokes(background, g)
+    distractors = None
+    if style == "crowded":
+        distractors = torch.zeros(n, size, size, dtype=torch.bool)
+        for _ in range(DISTRACTORS):
+            other = (labels + torch.randint(1, len(CLASSES), (n,), generator=g)) % len(CLASSES)
+            distractor = _shape_masks(other, size, g, DISTRACTOR_RADIUS)
+            images, distractors = _paint(images, distractor, g), distractors | distractor
     masks = _shape_masks(labels, size, g, RADIUS[style])
-    # Object colour: on the other side of the local background brightness.
+    images = _paint(images, masks, g)
+    sigma = _uniform(g, (n, 1, 1, 1), 0.01, 0.06)
+    images = images + sigma * torch.randn(images.shape, generator=g)
+    if distractors is not None:
+        distractors &= ~masks
+    return Scenes(images.clamp(0, 1), labels, masks, _boxes(masks), distractors)
+
+
+def _paint(images: Tensor, masks: Tensor, g: torch.Generator) -> Tensor:
+    """Fill ``masks`` with a shaded colour on the other side of the local background
+    brightness."""
+    n, _, size, _ = images.shape
     weights = masks.unsqueeze(1).float()
     local = (images * weights).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1)  # (n, 3)
     dark_background = (local @ _LUMA < 0.5).float().view(n, 1)
@@ -207,7 +233,4 @@ def make_scenes(n: int, seed: int, size: int = 112, style: str = "plain") -> Sce
         y - size / 2
     ) * shade_angle.sin().view(-1, 1, 1)
     shade = (0.1 * shade / size).unsqueeze(1)
-    images = torch.where(masks.unsqueeze(1), colour.view(n, 3, 1, 1) + shade, images)
-    sigma = _uniform(g, (n, 1, 1, 1), 0.01, 0.06)
-    images = images + sigma * torch.randn(images.shape, generator=g)
-    return Scenes(images=images.clamp(0, 1), labels=labels, masks=masks, boxes=_boxes(masks))
+    return torch.where(masks.unsqueeze(1), colour.view(n, 3, 1, 1) + shade, images)
