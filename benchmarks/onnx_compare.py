@@ -3,9 +3,10 @@
 ``.venv/bin/python -m benchmarks.onnx_compare --out benchmarks/results/onnx.md`` exports a
 torchvision model (random weights; ResNet-18 by default) to ONNX with a dynamic batch axis,
 loads it the way a worker does (a models.toml ``onnx`` entry) beside the PyTorch model, and
-runs occlusion, FMO, RISE and LIME on the same images with the same parameters on both: the
-largest difference between the maps (as a share of the map's range) and the seconds of each,
-best of ``--repeats``, one torch / ONNX Runtime thread each by default.
+runs occlusion, FMO, RISE and LIME on the same images (held-out synthetic scenes) with the
+same parameters on both: the largest difference between the maps (as a share of the map's
+range) and the seconds of each, best of ``--repeats``, one torch / ONNX Runtime thread each by
+default.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import torchvision
 
+from workers.demo.scenes import EVAL_SEED, make_scenes
 from workers.explainers import get_explainer
 from workers.explainers.base import ModelHandle
 from workers.zoo import load_models
@@ -79,10 +81,8 @@ def main() -> None:
     pytorch = ModelHandle("pytorch", model, (args.size, args.size))
     with tempfile.TemporaryDirectory() as work:
         onnx = load_models(str(export(model, args.size, Path(work))), torch.device("cpu"))["m"]
-        x = torch.rand(
-            args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)
-        )
-        x = pytorch.from_display(x)
+        scenes = make_scenes(args.images, seed=EVAL_SEED, size=args.size)
+        x = pytorch.from_display(scenes.images)  # noise would give SLIC a single superpixel
         targets = torch.tensor([-1] * args.images)
         rows = []
         for method, params in METHODS.items():
@@ -98,7 +98,8 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python -m benchmarks.onnx_compare --out benchmarks/results/onnx.md` "
         f"(`benchmarks/onnx_compare.py`). {args.model} (random weights), {args.size} px, "
-        f"{args.images} images per call, best of {args.repeats}, {args.threads} thread(s); "
+        f"{args.images} synthetic scenes per call, best of {args.repeats}, "
+        f"{args.threads} thread(s); "
         f"{platform.machine()} CPU, torch {torch.__version__}, onnxruntime "
         f"{__import__('onnxruntime').__version__}.",
         "",

@@ -18,7 +18,7 @@ masks, samples and iterations); the matrix is about what runs and what each meth
 about quality or speed. ``--families`` sweeps one model per family (:data:`FAMILIES`) instead
 of all of them (~40 min on a 2-core CPU against several hours). ``--timing`` adds, for one
 model per family at 224 px, the seconds of ``gradcam``, ``fmo`` (defaults) and ``rise``
-(``--rise-masks``, default 500).
+(``--rise-masks``, default 500), in a file of their own (``zoo-timing.md`` beside ``--out``).
 
 torchvision initialises a ViT's head to zero, so a random ViT predicts the same for every
 input and every map is constant; the sweep gives zero-initialised heads small random weights.
@@ -158,15 +158,15 @@ def timing(arch: str, rise_masks: int) -> dict[str, float]:
 SYMBOL = {"ok": "✓", "blank": "○", "refused": "✗", "crash": "‼"}
 
 
-def report(rows: list[dict[str, Any]], timings: dict[str, dict[str, float]], args: Any) -> str:
-    """The markdown of the matrix, its reasons and the timings."""
+def report(rows: list[dict[str, Any]], args: Any) -> str:
+    """The markdown of the matrix and its reasons."""
     methods = [m for m in METHODS if any(m in r.get("methods", {}) for r in rows)]
     reasons: dict[str, int] = {}
     lines = [
         "# Every torchvision classifier against every method",
         "",
         f"Command: `.venv/bin/python -m benchmarks.zoo --out benchmarks/results/zoo.md"
-        f"{' --families' if args.families else ''}{' --timing' if timings else ''}"
+        f"{' --families' if args.families else ''}"
         f"{f' --threads {args.threads}' if args.threads != 2 else ''}` "
         "(`benchmarks/zoo.py`: what it does and the cut "
         "parameters). torchvision "
@@ -215,17 +215,24 @@ def report(rows: list[dict[str, Any]], timings: dict[str, dict[str, float]], arg
         "",
     ]
     lines += [f"{n}. {text}" for text, n in sorted(reasons.items(), key=lambda kv: kv[1])]
-    if timings:
-        lines += [
-            "",
-            f"## Seconds at 224 px on this CPU ({args.threads} torch thread(s)), one model per "
-            f"family: `gradcam`, `fmo` at its defaults, `rise` with {args.rise_masks} masks",
-            "",
-            "| model | gradcam | fmo | rise |",
-            "|---|---:|---:|---:|",
-        ]
-        for arch, got in timings.items():
-            lines.append(f"| {arch} | {got['gradcam']} | {got['fmo']} | {got['rise']} |")
+    return "\n".join(lines) + "\n"
+
+
+def timing_report(timings: dict[str, dict[str, float]], args: Any) -> str:
+    """The markdown of the 224 px timings (``--timing``), one model per family."""
+    lines = [
+        "# Seconds of three methods at 224 px, one torchvision model per family",
+        "",
+        f"Command: `.venv/bin/python -m benchmarks.zoo --families --timing --threads "
+        f"{args.threads} --out benchmarks/results/zoo.md` (writes this file beside the matrix). "
+        f"torch {torch.__version__}, {platform.machine()} CPU, {args.threads} torch thread(s), "
+        f"random weights: `gradcam`, `fmo` at its defaults, `rise` with {args.rise_masks} masks.",
+        "",
+        "| model | gradcam | fmo | rise |",
+        "|---|---:|---:|---:|",
+    ]
+    for arch, got in timings.items():
+        lines.append(f"| {arch} | {got['gradcam']} | {got['fmo']} | {got['rise']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -275,11 +282,14 @@ def main() -> None:
                 gc.collect()
             timings[arch] = json.loads(cached.read_text())
             print(arch, timings[arch], flush=True)
-    text = report(rows, timings, args)
+    text = report(rows, args)
+    timed = timing_report(timings, args) if timings else ""
     if args.out:
         args.out.write_text(text, encoding="utf-8")
+        if timed:
+            args.out.with_name(f"{args.out.stem}-timing.md").write_text(timed, encoding="utf-8")
     else:
-        print(text)
+        print(text + ("\n" + timed if timed else ""))
 
 
 if __name__ == "__main__":

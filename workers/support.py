@@ -1,13 +1,13 @@
 """Which methods a model can run, found once at load by trying them on a probe image.
 
 Some methods depend on the architecture, not on the request: LRP needs a rule for every layer
-(no LayerNorm, attention, standalone sigmoid or un-mergeable batch norm), its hybrid with Grad-CAM needs LRP, and
-every layer-based method (the CAM family, Gradual Extrapolation) needs a layer with a spatial
-output. The worker runs those methods once on a random image at the model's input size; a
-method that refuses gets its reason in the model's announcement (``ModelInfo.unsupported``),
-so ``/v1/models`` and the web page can say so and the gateway can answer 422 before queueing.
-A layer-based method stays available with an explicit ``layer`` (the refusal is about the
-automatic one).
+(no LayerNorm, attention, standalone sigmoid or un-mergeable batch norm), its hybrid with
+Grad-CAM needs LRP, and every layer-based method (the CAM family, Gradual Extrapolation) needs a
+layer with a spatial output. The worker runs those methods once on a random image at the model's
+input size; a method that refuses gets its reason in the model's announcement
+(``ModelInfo.unsupported``), so ``/v1/models`` and the web page can say so and the gateway can
+answer 422 before queueing. A layer-based method stays available with an explicit ``layer`` (the
+refusal is about the automatic one).
 """
 
 from __future__ import annotations
