@@ -167,7 +167,11 @@ class ExtremalPerturbationParams(OptimisationParams):
         0.9, ge=0, lt=1, description="SGD momentum, also the dampening (TorchRay: 0.9)."
     )
     area_lambda: float = Field(
-        300.0, ge=0, le=1e6, description="Initial weight λ of the area penalty (TorchRay: 300)."
+        100.0,
+        ge=0,
+        le=1e6,
+        description="Initial weight λ of the area penalty (TorchRay: 300, which overrides the "
+        "reward on models whose logits are smaller than an ImageNet network's; see the module).",
     )
     area_growth: float = Field(
         1.0035,
