@@ -11,7 +11,13 @@ from benchmarks.quality.config import EVALUATION_MODELS, EvaluationModel, Settin
 from benchmarks.quality.figure import draw_figure, figure_rows
 from benchmarks.quality.report import body, update_readme, write_markdown
 from benchmarks.quality.run import accuracy, run_all
-from benchmarks.quality.summary import load_runs, save_scores, summary, write_summary
+from benchmarks.quality.summary import (
+    current_commit,
+    load_runs,
+    save_scores,
+    summary,
+    write_summary,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = {model.name: model for model in EVALUATION_MODELS}
@@ -63,7 +69,7 @@ def run_one(settings: Settings, out: Path) -> None:
     """Judge every method on one model: ``<stem>.md``, ``.png`` and ``.json``."""
     stem = REGISTRY.get(settings.model, EvaluationModel(settings.model, None, "")).stem
     print(f"== {settings.model}: {settings.scenes} scenes", flush=True)
-    began = time.perf_counter()
+    commit, began = current_commit(), time.perf_counter()
     bench, rows, references = run_all(settings, partial(print, flush=True))
     seconds, top1 = time.perf_counter() - began, accuracy(bench)
     text = body(bench, rows, references, top1, seconds)
@@ -75,7 +81,7 @@ def run_one(settings: Settings, out: Path) -> None:
         settings.figure_scenes,
     )
     write_markdown(out / f"{stem}.md", text, f"{stem}.png", settings.model)
-    save_scores(out / f"{stem}.json", bench, rows, references, top1, seconds)
+    save_scores(out / f"{stem}.json", bench, rows, references, top1, seconds, commit)
     print(f"wrote {out / stem}.md, .png and .json", flush=True)
 
 

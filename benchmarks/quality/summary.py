@@ -50,8 +50,9 @@ def row_record(row: Row) -> dict[str, Any]:
     return record
 
 
-def _commit() -> str:
-    """The checkout's commit, ``+changes`` when the tree differs from it."""
+def current_commit() -> str:
+    """The checkout's commit, ``+changes`` when a tracked file differs from it (call it before
+    the run writes its own results)."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
@@ -63,7 +64,7 @@ def _commit() -> str:
 
 def save_scores(
     path: Path, bench: Bench, rows: list[Row], references: list[Row], accuracy: float,
-    seconds: float,
+    seconds: float, commit: str,
 ) -> None:  # fmt: skip
     """Write one model's run as JSON (read back by :func:`summary`)."""
     n, _, height, width = bench.inputs.shape
@@ -75,7 +76,7 @@ def save_scores(
         "accuracy": accuracy,
         "minutes": seconds / 60,
         "threads": torch.get_num_threads(),
-        "commit": _commit(),
+        "commit": commit,
         "date": datetime.date.today().isoformat(),
         "rows": [row_record(r) for r in rows],
         "references": [row_record(r) for r in references],
