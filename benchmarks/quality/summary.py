@@ -108,7 +108,7 @@ def _cell(row: dict[str, Any] | None, centre: dict[str, Any]) -> tuple[str, bool
     meets = pointing["mean"] >= TARGET and beats_centre
     mark = "" if meets else " ✗"
     text = (
-        f"{100 * pointing['mean']:.0f} ± {100 * pointing['se']:.0f} % · "
+        f"{100 * pointing['mean']:.1f} ± {100 * pointing['se']:.1f} % · "
         f"{deletion['mean']:.3f} · {insertion['mean']:.3f}{mark}"
     )
     return text, meets

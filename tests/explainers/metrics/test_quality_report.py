@@ -70,7 +70,7 @@ def test_summary_marks_a_method_below_target_on_any_model() -> None:
     good = _run("a", [1.0, 1.0], deletion=0.2)
     assert "Every method meets the target" in summary([good, _run("b", [1.0, 1.0], 0.2)])
     missed = summary([good, _run("b", [1.0, 0.0], 0.2)], links="results/")
-    assert "| gradcam | 100 ± 0 % · 0.200 · 0.900 | 50 ± 50 % · 0.200 · 0.900 ✗ |" in missed
+    assert "| gradcam | 100.0 ± 0.0 % · 0.200 · 0.900 | 50.0 ± 50.0 % · 0.200 · 0.900 ✗ |" in missed
     assert "Below the target somewhere (✗): `gradcam`" in missed
     assert "[`b`](results/quality-b.md)" in missed
     worse_than_centre = summary([_run("a", [1.0, 1.0], deletion=0.6)])
