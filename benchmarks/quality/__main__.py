@@ -92,11 +92,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for settings in runs:
         run_one(settings, out)
-    write_summary(out)
+    saved = load_runs(out)
+    write_summary(out, saved)
     print(f"wrote {out / 'quality-summary.md'}")
     if not readme:
         return
-    text = summary(load_runs(out), links="benchmarks/results/")
+    text = summary(saved, links="benchmarks/results/")
     if update_readme(ROOT / "README.md", text, "benchmarks/results/quality.png"):
         print("updated the quality section of README.md")
     else:
