@@ -93,7 +93,8 @@ class GradualExtrapolationParams(LayerParams):
     reproduce_code_quirks: bool = Field(
         False,
         description="Behave like the released code: every pooling / stride-2 layer (also "
-        "deeper than the map), batch-wide maxima and normalisation, raw (signed) channel sums.",
+        "deeper than the map), batch-wide maxima and normalisation, raw (signed) channel sums, "
+        "the standardised map clipped to ±1 (default ±5).",
     )
 
     def lane(self, default: Lane) -> Lane:

@@ -53,8 +53,8 @@ def up2(m: Tensor) -> Tensor:
     return m
 
 
-def standardised(m: Tensor) -> Tensor:
-    z = ((m - m.mean()) / m.std()).clamp(-1, 1)
+def standardised(m: Tensor, clip: float = 5.0) -> Tensor:
+    z = ((m - m.mean()) / m.std()).clamp(-clip, clip)
     return (z - z.min()) / (z.max() - z.min())
 
 
@@ -101,7 +101,7 @@ def test_code_quirks_use_every_layer_and_batch_wide_statistics() -> None:
     m = m[:, None] * e2.sum(1, keepdim=True) / e2.max()  # same size: no resize
     m = up2(m) * e1.sum(1, keepdim=True) / e1.max()
     m = up2(m) * a0.sum(1, keepdim=True) / a0.max()
-    torch.testing.assert_close(quirky.saliency, standardised(m[:, 0]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(quirky.saliency, standardised(m[:, 0], 1.0), rtol=1e-4, atol=1e-5)
     alone = explain(h, x[:1], targets[:1], reproduce_code_quirks=True).saliency
     assert not torch.allclose(alone, quirky.saliency[:1], atol=1e-3)  # depends on the batch
 
@@ -197,6 +197,20 @@ def test_pre_activation_excitations_keep_their_positive_channels() -> None:
     refined = extrapolate(coarse, [e], quirks=False)[0]
     torch.testing.assert_close(refined, standardised(pattern / 2.0))
     assert refined[1, 2] == 1.0 and refined.max() == 1.0
+
+
+def test_the_map_keeps_its_peak_where_the_code_would_flatten_it() -> None:
+    """The code's clip at ±1σ gives every pixel above mean + 1σ the value 1 (a plateau that
+    ties for the maximum); the default clip at ±5σ keeps their order."""
+    from workers.explainers.propagation.gradual_extrapolation import standardise
+
+    m = torch.zeros(1, 8, 8)
+    m[0, 2:4, 2:4] = torch.tensor([[4.0, 3.0], [2.5, 2.0]])  # all four above mean + 1σ
+    refined = standardise(m, quirks=False)[0]
+    code = standardise(m, quirks=True)[0]
+    assert int((code == 1.0).sum()) == 4  # the plateau
+    assert int((refined == 1.0).sum()) == 1 and refined[2, 2] == 1.0
+    assert refined[2, 3] > refined[3, 2] > refined[3, 3] > refined[0, 0] == 0.0
 
 
 def test_the_network_input_is_not_used_as_an_excitation() -> None:

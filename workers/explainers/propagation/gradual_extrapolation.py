@@ -9,8 +9,9 @@ through every earlier down-sampling layer. Forward hooks on every leaf ``MaxPool
     M ← resize_bilinear(M, size(e))
     M ← M ⊙ Σ_channels ReLU(e) / max(e)
 
-and finally ``M ← min-max(clip((M − mean M) / std M, −1, 1))`` (``std`` unbiased, as in the
-code), at ``E₀``'s resolution (up-sampled to the input if that differs).
+and finally ``M ← min-max(clip((M − mean M) / std M, −c, c))`` (``std`` unbiased, as in the
+code; ``c`` = 5, the code's 1 with ``reproduce_code_quirks``), at ``E₀``'s resolution
+(up-sampled to the input if that differs).
 
 Defaults [X] (METHODS.md §4.4), where the released code differs (``reproduce_code_quirks=True``
 restores the code's behaviour):
@@ -24,7 +25,16 @@ restores the code's behaviour):
   pre-activation output). Where the recorded tensors are post-ReLU activations (VGG's pools,
   the paper's demo) this is the code's sum;
 * ``E₀`` is skipped when it is the network input itself (ResNets, the demo model: the first
-  layer has stride 2), as METHODS.md §4.4 allows: the normalised image is not an activation.
+  layer has stride 2), as METHODS.md §4.4 allows: the normalised image is not an activation;
+* the standardised map is clipped to ±5 standard deviations, not ±1. The code's ±1 gives every
+  pixel above mean + 1σ the value 1: a plateau of 900–2,900 pixels (2–6 % of a 224 px image)
+  that ties for the maximum, so the map no longer says where in it the evidence peaks (the
+  pointing game splits its hit across the plateau). Chosen on ``shapes_residual`` (48 held-out
+  scenes, pointing / energy in the box; deletion and insertion AUC move by ≤ 0.002): clip ±1
+  91.1 % / 0.41, ±2 95.3 % / 0.48, ±3 96.8 % / 0.51, **±5 97.6 % / 0.55**, none 95.8 % /
+  0.57 (an outlier pixel then squeezes the rest of the map towards 0). Judged on the models
+  that chose nothing, ±1 → ±5: the demo model 97.5 → 100 %, the 224 px model (24 scenes) 88.3
+  → 91.3 %, the crowded-scene model (24 scenes) 89.9 → 91.0 %.
 
 Measured on the demo model (32 held-out scenes, share of the min-max normalised map's mass on
 the object): these defaults 0.42, up-sampled Grad-CAM 0.38, the same keeping ``E₀`` 0.31, the
@@ -87,13 +97,19 @@ def extrapolate(maps: Tensor, excitations: list[Tensor], quirks: bool) -> Tensor
     return standardise(m[:, 0], quirks)
 
 
+Z_CLIP = 5.0
+"""Standardised values are clipped to ±Z_CLIP before the min-max (the code: ±1)."""
+
+
 def standardise(m: Tensor, quirks: bool) -> Tensor:
-    """``min-max(clip((m − mean)/std, −1, 1))`` per image (over the batch with ``quirks``)."""
+    """``min-max(clip((m − mean)/std, −c, c))`` per image, ``c`` = :data:`Z_CLIP`; over the
+    batch and with ``c`` = 1 with ``quirks`` (the code)."""
+    clip = 1.0 if quirks else Z_CLIP
     flat = m.reshape(1, -1) if quirks else m.flatten(1)
     mean = flat.mean(dim=1, keepdim=True)
     std = flat.std(dim=1, keepdim=True)
     safe = torch.where(std > 0, std, torch.ones_like(std))
-    z = torch.where(std > 0, (flat - mean) / safe, torch.zeros_like(flat)).clamp(-1, 1)
+    z = torch.where(std > 0, (flat - mean) / safe, torch.zeros_like(flat)).clamp(-clip, clip)
     return normalise(z).view_as(m)
 
 
