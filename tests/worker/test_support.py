@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.explainers.cam.test_layouts import tiny_vit
+from tests.explainers.cam.test_layouts import tiny_swin
 from tests.worker.nets import build
 from workers.explainers.base import ModelHandle
 from workers.runtime import describe
@@ -27,8 +27,8 @@ def test_lrp_and_its_hybrid_are_refused_where_a_layer_has_no_rule() -> None:
     refused = unsupported_methods(handle(hard))
     assert set(refused) == {"lrp", "gradcam_lrp"}
     assert all("Sigmoid" in reason for reason in refused.values())
-    vit = unsupported_methods(ModelHandle("vit", tiny_vit(), (32, 32)))
-    assert set(vit) == {"lrp", "gradcam_lrp"} and "LayerNorm" in vit["lrp"]
+    swin = unsupported_methods(ModelHandle("swin", tiny_swin(), (32, 32)))
+    assert set(swin) == {"lrp", "gradcam_lrp"} and "ShiftedWindowAttention" in swin["lrp"]
 
 
 def test_a_model_without_a_spatial_layer_refuses_every_layer_based_method() -> None:

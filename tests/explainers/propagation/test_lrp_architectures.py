@@ -113,7 +113,11 @@ class FunctionalConv(nn.Module):
 
     def __init__(self, frozen: bool = False) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1, requires_grad=not frozen)
+        weight = torch.randn(8, 8, 3, 3) * 0.1
+        if frozen:  # a buffer: not a parameter of the module, seen only in the graph
+            self.register_buffer("weight", weight)
+        else:
+            self.weight = nn.Parameter(weight)
         self.act = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -163,8 +167,8 @@ REFUSED: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "functional gate": (Gate, "product of two activations"),
     "product of activations": (Bilinear, "product of two activations"),
     "added constant": (Shift, "constant"),
-    "functional convolution": (FunctionalConv, "Convolution"),
-    "learnt bias outside a layer": (LearntShift, "parameter used outside"),
+    "functional convolution": (FunctionalConv, "no rule for layer 'middle' \\(FunctionalConv\\)"),
+    "learnt bias outside a layer": (LearntShift, "no rule for layer 'middle' \\(LearntShift\\)"),
     "frozen functional convolution": (lambda: FunctionalConv(frozen=True), "Convolution"),
     "leaf with a parameter": (Leaf, "no rule for layer 'middle' \\(Leaf\\)"),
     "norm merged into the wrong layer": (NormAfterActivation, "changed the model's output"),

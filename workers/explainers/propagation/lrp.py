@@ -28,8 +28,10 @@ ResNet / VGG canonizers to float64 precision (tests), with two deliberate differ
 1e-5: sums and average pools get no 1e-6 stabiliser (none is needed without a division), and
 the batch-norm merge is exact (Zennit's merged norm still computes ``x / sqrt(1 + eps)``).
 Rules are cached per model (invalidated when a parameter changes) and the layer replacement
-lasts one forward pass. Architectures with operations that have no LRP rule (other
-activations, gates, a softmax output) are refused (``lrp_check``).
+lasts one forward pass. Vision transformers (torchvision's ViT, ``nn.MultiheadAttention``,
+``nn.LayerNorm``) get CP-LRP / AttnLRP's rules (``lrp_transformer``). Architectures with
+operations that have no LRP rule (other activations, gates, a softmax output) are refused
+(``lrp_check``).
 
 Pixel map: the relevance **summed** over colour channels (sign kept, not normalised), so the
 map sums to the total input relevance. The hybrid paper averages instead; the two differ only by
@@ -110,7 +112,7 @@ def lrp_relevance(
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
     if first:  # the cheaper rule forms apply from the next call on (same values)
         for name, flag in plan.extra["nonneg"].items():
-            plan.rules[name].nonneg = flag
+            plan.all_rules()[name].nonneg = flag
         plan.validated = True
     relevance = grad if plan.emits_relevance else x.detach() * grad
     return relevance, logits.detach()

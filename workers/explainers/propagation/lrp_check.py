@@ -3,7 +3,8 @@
 The modified-gradient form of LRP is exact when, between the ruled layers, the graph holds only
 operations whose gradient *is* their LRP rule: ReLU-type activations and max pooling (relevance
 passes to the active input), linear operations without a constant term (sums, means, average
-pooling, reshaping, concatenation: Zennit's ``Norm``/``Pass``), and scaling by a constant. Any
+pooling, reshaping, concatenation, a LayerNorm's centring: Zennit's ``Norm``/``Pass``), and
+products with a constant (scaling, attention probabilities held constant). Any
 other operation (a sigmoid gate, a product of two activations, a functional convolution, an
 un-merged batch norm, a softmax in the model) would give a map that no Zennit composite defines,
 so the request is refused with the name of the operation instead.
@@ -58,9 +59,13 @@ SIGN_KEEPING = frozenset(
     }
 )
 """Linear, constant-free operations: gradient = LRP rule; non-negative in, non-negative out."""
+LINEAR = frozenset({"SubBackward0"})
+"""Linear, constant-free operations that can change signs (a LayerNorm's centring)."""
+PRODUCTS = frozenset({"MulBackward0", "BmmBackward0", "MmBackward0"})
+"""Products: linear when one factor is a constant (attention probabilities held constant)."""
 RECTIFIERS = frozenset({"ReluBackward0"})
 """Operations with a non-negative output."""
-ALLOWED = SIGN_KEEPING | RECTIFIERS | {"LeakyReluBackward0", "LeakyReluBackward1"}
+ALLOWED = SIGN_KEEPING | LINEAR | RECTIFIERS | {"LeakyReluBackward0", "LeakyReluBackward1"}
 
 
 def children(node: Node) -> list[Node]:
@@ -80,9 +85,9 @@ def judge(node: Node, x: Tensor) -> str | None:
         return "an added constant (a bias outside a ruled layer)"
     if name in ALLOWED:
         return None
-    if name == "MulBackward0":
+    if name in PRODUCTS:
         if sum(kid is not None for kid in kids) == 1:
-            return None  # scaling by a constant
+            return None  # scaling by a constant, mixing with constant weights
         return "a product of two activations (a gate or attention)"
     if name == "DivBackward0" and kids[0] is not None and kids[1] is None:
         return None  # division by a constant

@@ -9,6 +9,9 @@ Residual additions need no canonizer here: in the modified-gradient form the pla
 ``a + b`` is Zennit's ``Norm`` rule for a ``Sum`` module. SiLU, Hardswish, GELU, Mish and ReLU6
 get the identity rule and torchvision's squeeze-and-excitation gates are held constant
 (:func:`identity_rule_forward`, :func:`gate_forward`): MobileNetV3, EfficientNet and RegNetY.
+Attention, LayerNorm and torchvision's ViT tokens get the conservative rules of
+:mod:`lrp_transformer`. A container whose forward uses parameters of its own (Swin's window
+attention, ConvNeXt's layer scale) is refused by name: those parameters have no rule.
 
 Nothing of the model is modified: merged and rule weights are separate tensors, cached per
 model and invalidated when any parameter or buffer of a ruled layer changes (data pointer or
@@ -35,6 +38,10 @@ from zennit.types import Linear as ZennitLinear
 
 from workers.explainers.base import ExplainerError
 from workers.explainers.propagation import lrp_rules as lr
+from workers.explainers.propagation.lrp_transformer import (
+    is_transformer_module,
+    transformer_forward,
+)
 
 COMPOSITE_NAMES = (
     "epsilon_plus_flat",
@@ -210,9 +217,11 @@ def check_passive(name: str, module: nn.Module, template: Any) -> None:
         raise ExplainerError(
             f"LRP: activation {name!r} ({type(module).__name__}) is not supported; {supported} are"
         )
-    if template is None and next(module.children(), None) is None:
-        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        if own:
+    if template is None:
+        leaf = next(module.children(), None) is None
+        own = [*module.parameters(recurse=False)]
+        own += [*module.buffers(recurse=False)] if leaf else []  # a container's: indices
+        if own:  # a container's own parameters are used outside any layer with a rule
             raise ExplainerError(
                 f"LRP: no rule for layer {name!r} ({type(module).__name__}); "
                 "architecture not supported"
@@ -228,11 +237,24 @@ class Plan:
     norms: list[nn.Module]
     signature: tuple[tuple[int, int], ...]
     emits_relevance: bool
-    forwards: list[tuple[nn.Module, Callable[[Tensor], Tensor]]] = field(default_factory=list)
-    """Rule-free modules whose forward is replaced too (identity-rule activations, gates)."""
+    forwards: list[tuple[nn.Module, Callable[..., Any]]] = field(default_factory=list)
+    """Modules whose forward is replaced by one of ours: rule-free ones (identity-rule
+    activations, gates) and transformer parts, whose rules are in ``inner``."""
+    inner: dict[str, lr.Rule] = field(default_factory=dict)
+    """Rules applied inside a replaced forward (attention, LayerNorm, ViT tokens)."""
+    watched: list[nn.Module] = field(default_factory=list)
+    """Further modules whose parameters the rules copy (for :func:`signature`)."""
     validated: bool = False
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def all_rules(self) -> dict[str, lr.Rule]:
+        """Every rule by name: the ruled layers' and those inside replaced forwards."""
+        return {**self.rules, **self.inner}
+
+    def watched_modules(self) -> list[nn.Module]:
+        """The modules whose parameters and buffers the plan's rules were made from."""
+        return [*self.modules.values(), *self.norms, *self.watched]
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -275,16 +297,27 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
     merged = set(pairs.values())
     rules: dict[str, lr.Rule] = {}
     modules: dict[str, nn.Module] = {}
-    forwards: list[tuple[nn.Module, Callable[[Tensor], Tensor]]] = []
-    gates: list[str] = []
+    forwards: list[tuple[nn.Module, Callable[..., Any]]] = []
+    inner: dict[str, lr.Rule] = {}
+    watched: list[nn.Module] = []
+    skipped: list[str] = []
     ctx: dict[Any, Any] = {}
     with torch.no_grad():
         for name, module in model.named_modules():
-            if any(name.startswith(f"{gate}.") for gate in gates):
-                continue  # inside a constant gate: no relevance flows there
+            if any(name.startswith(f"{outer}.") for outer in skipped):
+                continue  # inside a constant gate or an attention block: nothing to rule
             if isinstance(module, SqueezeExcitation):
                 forwards.append((module, gate_forward(module)))
-                gates.append(name)
+                skipped.append(name)
+                continue
+            if is_transformer_module(module):
+                forward, inside = transformer_forward(name, module, rule_kw["epsilon"])
+                forwards.append((module, forward))
+                inner.update((rule.name, rule) for rule in inside)
+                watched.append(module)
+                if isinstance(module, nn.MultiheadAttention):
+                    watched.append(module.out_proj)
+                    skipped.append(name)  # its projections are ruled inside its forward
                 continue
             if isinstance(module, IDENTITY_RULE_ACTIVATIONS):
                 forwards.append((module, identity_rule_forward(module)))
@@ -301,7 +334,7 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
             weights = merged_weights(module, pairs.get(module))
             rules[name] = make_rule(template, name, module, weights, **rule_kw)
             modules[name] = module
-    if not rules:
+    if not rules and not inner:
         raise ExplainerError("LRP: the model has no convolution or dense layer")
     norms = [pairs[m] for m in modules.values() if m in pairs]
     emitting = [r for r in rules.values() if r.emits_relevance]
@@ -309,9 +342,11 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
         rules=rules,
         modules=modules,
         norms=norms,
-        signature=signature([*modules.values(), *norms]),
+        signature=signature([*modules.values(), *norms, *watched]),
         emits_relevance=bool(emitting),
         forwards=forwards,
+        inner=inner,
+        watched=watched,
     )
 
 
@@ -333,7 +368,7 @@ def plan_for(
     key = (name, float(epsilon), tuple(mean), tuple(std))
     plans = _PLANS.setdefault(model, {})
     plan = plans.get(key)
-    if plan is not None and plan.signature == signature([*plan.modules.values(), *plan.norms]):
+    if plan is not None and plan.signature == signature(plan.watched_modules()):
         return plan
     m = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)

@@ -57,7 +57,7 @@ def negative(t: Tensor | None) -> Tensor | None:
 class LinearOp:
     """The geometry of a convolution or dense layer: apply it and its transpose."""
 
-    kind: str  # "conv" or "linear"
+    kind: str  # "conv", "linear" or "affine" (element-wise ``x·w + b``, broadcast)
     stride: tuple[int, ...] = (1, 1)
     padding: tuple[int, ...] = (0, 0)
     dilation: tuple[int, ...] = (1, 1)
@@ -75,6 +75,8 @@ class LinearOp:
         """``f(x; weight, bias)``."""
         if self.kind == "conv":
             return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.kind == "affine":
+            return x * weight if bias is None else x * weight + bias
         return F.linear(x, weight, bias)
 
     def transpose(self, g: Tensor, weight: Tensor, in_shape: torch.Size) -> Tensor:
@@ -83,6 +85,8 @@ class LinearOp:
             return torch.nn.grad.conv2d_input(
                 in_shape, weight, g, self.stride, self.padding, self.dilation, self.groups
             )
+        if self.kind == "affine":
+            return g * weight
         return g @ weight
 
 
@@ -294,6 +298,20 @@ class ZBox(Rule):
             - low * self.op.transpose(s, self.cache["w+"], in_shape)
             - high * self.op.transpose(s, self.cache["w-"], in_shape)
         )
+
+
+@dataclass(eq=False)
+class Prepend(Rule):
+    """A constant token put before the sequence (a transformer's class token): ``z = [t; x]``
+    along dim 1. The token is a constant input: the relevance that reaches it stays there, as a
+    bias's does; the sequence's passes unchanged."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Saved]:
+        token = self.weight.to(x.dtype).expand(x.shape[0], -1, -1)
+        return torch.cat([token, x], dim=1), ()
+
+    def backward(self, g: Tensor, saved: Saved, in_shape: torch.Size) -> Tensor:
+        return g[:, self.weight.shape[1] :]
 
 
 class RuleFunction(torch.autograd.Function):

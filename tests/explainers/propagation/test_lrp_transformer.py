@@ -1,0 +1,143 @@
+"""LRP through vision transformers (``lrp_transformer``): a known answer written out by hand,
+conservation, the composites, and clear refusals where attention is not the supported kind."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+from workers.explainers import ExplainerError, get_explainer
+from workers.explainers.base import ModelHandle
+from workers.explainers.propagation.lrp_plan import COMPOSITE_NAMES
+
+SIZE = 32
+lrp = get_explainer("lrp")
+
+
+def vit(seed: int = 0, *, biases: bool = True) -> VisionTransformer:
+    """A 2-block ViT on 32 px (16 tokens of 8×8 px, a class token), every parameter random
+    (torchvision starts the head, the class token and some biases at zero), in float64."""
+    torch.manual_seed(seed)
+    model = VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=2,
+                              hidden_dim=16, mlp_dim=32, num_classes=5)  # fmt: skip
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "pos_embedding" in name or "class_token" in name:
+                if biases:
+                    parameter.normal_(std=0.1)
+                else:
+                    parameter.zero_()
+            elif parameter.dim() == 1:  # LayerNorm scales
+                parameter.uniform_(0.5, 1.5)
+            else:
+                parameter.normal_(std=1 / math.sqrt(parameter[0].numel()))
+    return model.double().eval()
+
+
+def layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
+    centred = x - x.mean(dim=-1, keepdim=True)
+    scale = (centred.pow(2).mean(dim=-1, keepdim=True) + norm.eps).sqrt().detach()
+    return centred / scale * norm.weight + norm.bias
+
+
+def attention(x: Tensor, mha: nn.MultiheadAttention) -> Tensor:
+    batch, tokens, dim = x.shape
+    heads = mha.num_heads
+    q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.reshape(batch, tokens, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
+    probabilities = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(dim // heads), -1).detach()
+    mixed = (probabilities @ v).transpose(1, 2).reshape(batch, tokens, dim)
+    return F.linear(mixed, mha.out_proj.weight, mha.out_proj.bias)
+
+
+def gelu_gated(h: Tensor) -> Tensor:
+    return h * (F.gelu(h) / h).detach()
+
+
+def cp_lrp_by_hand(model: VisionTransformer, x: Tensor, targets: Tensor) -> Tensor:
+    """Gradient × input of the ViT with its attention probabilities, LayerNorm scales and GELU
+    gates detached (Ali et al. 2022: this is LRP-0 / ε → 0 through a transformer)."""
+    x = x.clone().requires_grad_(True)
+    tokens = model.conv_proj(x).flatten(2).transpose(1, 2)
+    token = model.class_token.expand(x.shape[0], -1, -1)
+    h = torch.cat([token, tokens], dim=1) + model.encoder.pos_embedding
+    for block in model.encoder.layers:
+        h = h + attention(layer_norm(h, block.ln_1), block.self_attention)
+        mlp = block.mlp
+        h = h + mlp[3](gelu_gated(mlp[0](layer_norm(h, block.ln_2))))
+    logits = model.heads(layer_norm(h, model.encoder.ln)[:, 0])
+    (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), x)
+    return (x * grad).sum(dim=1).detach()
+
+
+def handle(model: nn.Module) -> ModelHandle:
+    return ModelHandle("vit", model, (SIZE, SIZE))
+
+
+def images(n: int = 3) -> Tensor:
+    return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)).double()
+
+
+def test_lrp_epsilon_equals_gradient_times_input_with_attention_and_norms_held_constant() -> None:
+    model, x, targets = vit(), images(), torch.tensor([0, 3, 4])
+    result = lrp(handle(model), x, targets, composite="epsilon", epsilon=1e-12)
+    torch.testing.assert_close(result.saliency.double(), cp_lrp_by_hand(model, x, targets))
+    with torch.no_grad():
+        torch.testing.assert_close(result.logits.double(), model(x))  # the same forward
+
+
+def test_relevance_is_conserved_where_no_bias_takes_a_share() -> None:
+    """No biases, a zero class token and positional embedding: the input relevance sums to the
+    target logit (attention with constant probabilities, the centring, residual sums and the
+    identity rule of GELU all conserve it)."""
+    model, x = vit(1, biases=False), images()
+    result = lrp(handle(model), x, torch.tensor([1, 2, 0]), composite="epsilon", epsilon=1e-12)
+    totals = torch.tensor([m["relevance_total"] for m in result.meta])
+    logits = torch.tensor([m["target_logit"] for m in result.meta])
+    torch.testing.assert_close(totals, logits, rtol=1e-5, atol=1e-6)  # float32 sums
+    assert logits.abs().min() > 0.01 and logits.abs().max() > 0.1  # not trivially zero
+
+
+@pytest.mark.parametrize("composite", COMPOSITE_NAMES)
+def test_every_composite_gives_a_finite_varying_map_per_target(composite: str) -> None:
+    model, x = vit(2), images(2)
+    one = lrp(handle(model), x, torch.tensor([0, 0]), composite=composite).saliency
+    other = lrp(handle(model), x, torch.tensor([1, 1]), composite=composite).saliency
+    assert torch.isfinite(one).all() and one.flatten(1).std(dim=1).min() > 0
+    assert not torch.allclose(one, other)
+    assert not any("forward" in m.__dict__ for m in model.modules())  # nothing left patched
+
+
+def test_the_hybrid_runs_on_a_vision_transformer() -> None:
+    result = get_explainer("gradcam_lrp")(
+        handle(vit(3).float()), images(2).float(), torch.tensor([0, 1])
+    )
+    assert torch.isfinite(result.saliency).all() and result.saliency.std() > 0
+
+
+class MaskedAttention(nn.Module):
+    """Self-attention called with a mask, which the conservative rule does not cover."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 8, stride=8)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        mask = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).triu(1)
+        mixed, _ = self.attention(tokens, tokens, tokens, attn_mask=mask, need_weights=False)
+        return self.head(mixed.mean(dim=1))
+
+
+def test_attention_with_a_mask_is_refused_by_name() -> None:
+    torch.manual_seed(0)
+    model = MaskedAttention().eval()
+    with pytest.raises(ExplainerError, match="attention 'attention' with a mask"):
+        lrp(handle(model), torch.rand(1, 3, SIZE, SIZE), torch.tensor([0]))
