@@ -141,3 +141,30 @@ def test_attention_with_a_mask_is_refused_by_name() -> None:
     model = MaskedAttention().eval()
     with pytest.raises(ExplainerError, match="attention 'attention' with a mask"):
         lrp(handle(model), torch.rand(1, 3, SIZE, SIZE), torch.tensor([0]))
+
+
+def tiny_convnext(biases: bool) -> nn.Module:
+    """Two ConvNeXt stages (8 and 16 channels), layer scales and biases random or zero."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(4)
+    stages = [CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)]
+    model = ConvNeXt(stages, num_classes=5)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(std=0.1 if biases else 0.0)
+            elif "layer_scale" in name:
+                parameter.uniform_(0.5, 1.5)
+    return model.double().eval()
+
+
+def test_convnext_conserves_relevance_through_its_norms_and_layer_scales() -> None:
+    model, x = tiny_convnext(biases=False), images()
+    result = lrp(handle(model), x, torch.tensor([0, 1, 2]), composite="epsilon", epsilon=1e-12)
+    totals = torch.tensor([m["relevance_total"] for m in result.meta])
+    logits = torch.tensor([m["target_logit"] for m in result.meta])
+    torch.testing.assert_close(totals, logits, rtol=1e-5, atol=1e-6)
+    assert logits.abs().max() > 1e-3
+    default = lrp(handle(tiny_convnext(biases=True)), x, torch.tensor([0, 1, 2])).saliency
+    assert torch.isfinite(default).all() and default.flatten(1).std(dim=1).min() > 0

@@ -21,9 +21,12 @@ constants, and LRP-ε with ε → 0 equals gradient × input of the network whos
 probabilities, LayerNorm scales and activation gates are detached (the tests check this
 against such a network written out by hand, and conservation where every bias is zero).
 
+The same LayerNorm rule serves ConvNeXt (its ``LayerNorm2d`` normalises the channels), whose
+blocks scale their output by a learnt per-channel constant (relevance passes it unchanged).
+
 Supported: ``torch.nn.MultiheadAttention`` used as self-attention without masks,
-``torch.nn.LayerNorm`` over the last dimension, and torchvision's ``VisionTransformer``
-(ViT-B/16 …, class token and positional embedding). Swin's and MaxViT's attention are written
+``torch.nn.LayerNorm`` over one dimension, torchvision's ``VisionTransformer`` (ViT-B/16 …,
+class token and positional embedding) and ConvNeXt. Swin's and MaxViT's attention are written
 with functional calls on their own parameters and stay refused.
 """
 
@@ -35,6 +38,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.convnext import CNBlock, LayerNorm2d
 from torchvision.models.vision_transformer import Encoder, VisionTransformer
 
 from workers.explainers.base import ExplainerError
@@ -42,15 +46,15 @@ from workers.explainers.propagation import lrp_rules as lr
 
 Forward = Callable[..., object]
 
-TRANSFORMER_MODULES = (nn.LayerNorm, nn.MultiheadAttention, Encoder, VisionTransformer)
-"""Module types whose forward :func:`transformer_forward` replaces (``nn.LayerNorm`` exactly:
-a subclass such as ConvNeXt's ``LayerNorm2d`` normalises another dimension)."""
+TRANSFORMER_MODULES = (nn.MultiheadAttention, Encoder, VisionTransformer, CNBlock)
+"""Module types whose forward :func:`transformer_forward` replaces, with ``nn.LayerNorm`` and
+ConvNeXt's ``LayerNorm2d`` (exactly those: another subclass may normalise otherwise)."""
 
 
 def is_transformer_module(module: nn.Module) -> bool:
     """Whether :func:`transformer_forward` has a forward for ``module``."""
-    if isinstance(module, nn.LayerNorm):
-        return type(module) is nn.LayerNorm
+    if type(module) in (nn.LayerNorm, LayerNorm2d):
+        return True
     return isinstance(module, TRANSFORMER_MODULES)
 
 
@@ -62,26 +66,40 @@ def _epsilon(name: str, kind: str, weight: Tensor, bias: Tensor | None, eps: flo
 def layer_norm_forward(
     name: str, norm: nn.LayerNorm, epsilon: float
 ) -> tuple[Forward, list[lr.Rule]]:
-    """``(x − μ) / σ`` with ``σ`` constant, then the ε-rule on ``·w + b``."""
+    """``(x − μ) / σ`` with ``σ`` constant, then the ε-rule on ``·w + b``; over the last
+    dimension, or over the channels for ConvNeXt's ``LayerNorm2d``."""
     if len(norm.normalized_shape) != 1:
         raise ExplainerError(
             f"LRP: LayerNorm {name!r} normalises over {len(norm.normalized_shape)} dimensions; "
-            "only a LayerNorm over the last dimension is supported"
+            "only a LayerNorm over one dimension is supported"
         )
+    dim = 1 if isinstance(norm, LayerNorm2d) else -1
+    shape = (-1, 1, 1) if dim == 1 else (-1,)
     rules: list[lr.Rule] = []
-    if norm.weight is not None:
-        rules.append(_epsilon(name, "affine", norm.weight, norm.bias, epsilon))
-    elif norm.bias is not None:
-        rules.append(_epsilon(name, "affine", torch.ones_like(norm.bias), norm.bias, epsilon))
+    if norm.weight is not None or norm.bias is not None:
+        weight = norm.weight if norm.weight is not None else torch.ones_like(norm.bias)
+        bias = None if norm.bias is None else norm.bias.detach().view(shape)
+        rules.append(_epsilon(name, "affine", weight.detach().view(shape), bias, epsilon))
 
     def forward(x: Tensor) -> Tensor:
-        centred = x - x.mean(dim=-1, keepdim=True)
+        centred = x - x.mean(dim=dim, keepdim=True)
         with torch.no_grad():
-            scale = (centred.detach().pow(2).mean(dim=-1, keepdim=True) + norm.eps).sqrt()
+            scale = (centred.detach().pow(2).mean(dim=dim, keepdim=True) + norm.eps).sqrt()
         y = centred / scale
         return lr.RuleFunction.apply(y, rules[0]) if rules else y
 
     return forward, rules
+
+
+def scaled_block_forward(
+    name: str, block: CNBlock, epsilon: float
+) -> tuple[Forward, list[lr.Rule]]:
+    """ConvNeXt's block: its layer scale is a constant per-channel factor (relevance passes)."""
+
+    def forward(x: Tensor) -> Tensor:
+        return block.layer_scale.detach() * block.block(x) + x  # stochastic depth: eval no-op
+
+    return forward, []
 
 
 def attention_forward(
@@ -172,6 +190,8 @@ def transformer_forward(
     """The replacement forward of a :data:`TRANSFORMER_MODULES` module and the rules it uses."""
     if isinstance(module, nn.LayerNorm):
         return layer_norm_forward(name, module, epsilon)
+    if isinstance(module, CNBlock):
+        return scaled_block_forward(name, module, epsilon)
     if isinstance(module, nn.MultiheadAttention):
         return attention_forward(name, module, epsilon)
     if isinstance(module, Encoder):
