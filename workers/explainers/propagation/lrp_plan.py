@@ -222,9 +222,9 @@ def check_passive(name: str, module: nn.Module, template: Any) -> None:
         own = [*module.parameters(recurse=False)]
         own += [*module.buffers(recurse=False)] if leaf else []  # a container's: indices
         if own:  # a container's own parameters are used outside any layer with a rule
+            where = f"layer {name!r}" if name else "the model's own parameters"
             raise ExplainerError(
-                f"LRP: no rule for layer {name!r} ({type(module).__name__}); "
-                "architecture not supported"
+                f"LRP: no rule for {where} ({type(module).__name__}); architecture not supported"
             )
 
 
