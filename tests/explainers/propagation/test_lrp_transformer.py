@@ -168,3 +168,53 @@ def test_convnext_conserves_relevance_through_its_norms_and_layer_scales() -> No
     assert logits.abs().max() > 1e-3
     default = lrp(handle(tiny_convnext(biases=True)), x, torch.tensor([0, 1, 2])).saliency
     assert torch.isfinite(default).all() and default.flatten(1).std(dim=1).min() > 0
+
+
+def timm_twin(model: VisionTransformer) -> nn.Module:
+    """timm's ViT with the weights of torchvision's ``model`` (the same network)."""
+    timm = pytest.importorskip("timm")
+    twin = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=SIZE, patch_size=8, embed_dim=16,
+        depth=2, num_heads=2, mlp_ratio=2.0, num_classes=5,
+    ).double()  # fmt: skip
+    source = {
+        "patch_embed.proj": "conv_proj",
+        "cls_token": "class_token",
+        "pos_embed": "encoder.pos_embedding",
+        "norm": "encoder.ln",
+        "head": "heads.head",
+    }
+    for i in range(2):
+        block, theirs = f"blocks.{i}.", f"encoder.layers.encoder_layer_{i}."
+        source |= {
+            block + "norm1": theirs + "ln_1",
+            block + "attn.qkv": theirs + "self_attention.in_proj",
+            block + "attn.proj": theirs + "self_attention.out_proj",
+            block + "norm2": theirs + "ln_2",
+            block + "mlp.fc1": theirs + "mlp.0",
+            block + "mlp.fc2": theirs + "mlp.3",
+        }
+    state = model.state_dict()
+    mapped = {}
+    for key in twin.state_dict():
+        stem, _, leaf = key.rpartition(".")
+        if key in source:
+            mapped[key] = state[source[key]]
+        elif source.get(stem, "").endswith("in_proj"):
+            mapped[key] = state[f"{source[stem]}_{leaf}"]
+        else:
+            mapped[key] = state[f"{source[stem]}.{leaf}"]
+    twin.load_state_dict(mapped)
+    return twin.eval()
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus_flat"])
+def test_a_timm_vit_gets_the_maps_of_the_same_torchvision_vit(composite: str) -> None:
+    model, x, targets = vit(5), images(2), torch.tensor([2, 4])
+    twin = timm_twin(model)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))  # the same network
+    ours = lrp(handle(model), x, targets, composite=composite).saliency
+    theirs = lrp(handle(twin), x, targets, composite=composite).saliency
+    torch.testing.assert_close(theirs, ours)
+    assert not any(k in m.__dict__ for m in twin.modules() for k in ("forward", "_pos_embed"))

@@ -56,6 +56,7 @@ SIGN_KEEPING = frozenset(
         "ConstantPadNdBackward0",
         "AsStridedBackward0",  # a view of a channels-last tensor (how models run on CUDA)
         "AsStridedBackward1",
+        "AliasBackward0",  # x[:, 0:], a full slice
     }
 )
 """Linear, constant-free operations: gradient = LRP rule; non-negative in, non-negative out."""

@@ -39,6 +39,7 @@ from zennit.types import Linear as ZennitLinear
 from workers.explainers.base import ExplainerError
 from workers.explainers.propagation import lrp_rules as lr
 from workers.explainers.propagation.lrp_transformer import (
+    is_attention,
     is_transformer_module,
     transformer_forward,
 )
@@ -237,9 +238,9 @@ class Plan:
     norms: list[nn.Module]
     signature: tuple[tuple[int, int], ...]
     emits_relevance: bool
-    forwards: list[tuple[nn.Module, Callable[..., Any]]] = field(default_factory=list)
-    """Modules whose forward is replaced by one of ours: rule-free ones (identity-rule
-    activations, gates) and transformer parts, whose rules are in ``inner``."""
+    replaced: list[tuple[nn.Module, str, Callable[..., Any]]] = field(default_factory=list)
+    """(module, method name, ours): the forwards of rule-free modules (identity-rule
+    activations, gates) and the methods of transformer parts, whose rules are in ``inner``."""
     inner: dict[str, lr.Rule] = field(default_factory=dict)
     """Rules applied inside a replaced forward (attention, LayerNorm, ViT tokens)."""
     watched: list[nn.Module] = field(default_factory=list)
@@ -259,23 +260,25 @@ class Plan:
     @contextmanager
     def installed(self) -> Iterator[None]:
         """Replace ruled layers' forward (and merged norms' by the identity) for the block."""
-        patched: list[nn.Module] = []
+        patched: list[tuple[nn.Module, str]] = []
         try:
-            targets = [(self.modules[n], lr.rule_forward(r)) for n, r in self.rules.items()]
-            targets += [(norm, _identity) for norm in self.norms]
-            targets += self.forwards
-            for module, forward in targets:
-                if "forward" in module.__dict__:
+            targets = [
+                (self.modules[n], "forward", lr.rule_forward(r)) for n, r in self.rules.items()
+            ]
+            targets += [(norm, "forward", _identity) for norm in self.norms]
+            targets += self.replaced
+            for module, method, function in targets:
+                if method in module.__dict__:
                     raise ExplainerError(
-                        f"LRP: a {type(module).__name__} already has its forward replaced "
+                        f"LRP: a {type(module).__name__} already has its {method} replaced "
                         "(another canonizer active?)"
                     )
-                module.forward = forward
-                patched.append(module)
+                setattr(module, method, function)
+                patched.append((module, method))
             yield
         finally:
-            for module in patched:
-                del module.forward
+            for module, method in patched:
+                delattr(module, method)
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -297,7 +300,7 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
     merged = set(pairs.values())
     rules: dict[str, lr.Rule] = {}
     modules: dict[str, nn.Module] = {}
-    forwards: list[tuple[nn.Module, Callable[..., Any]]] = []
+    replaced: list[tuple[nn.Module, str, Callable[..., Any]]] = []
     inner: dict[str, lr.Rule] = {}
     watched: list[nn.Module] = []
     skipped: list[str] = []
@@ -307,20 +310,20 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
             if any(name.startswith(f"{outer}.") for outer in skipped):
                 continue  # inside a constant gate or an attention block: nothing to rule
             if isinstance(module, SqueezeExcitation):
-                forwards.append((module, gate_forward(module)))
+                replaced.append((module, "forward", gate_forward(module)))
                 skipped.append(name)
                 continue
             if is_transformer_module(module):
-                forward, inside = transformer_forward(name, module, rule_kw["epsilon"])
-                forwards.append((module, forward))
+                method, function, inside = transformer_forward(name, module, rule_kw["epsilon"])
+                replaced.append((module, method, function))
                 inner.update((rule.name, rule) for rule in inside)
                 watched.append(module)
-                if isinstance(module, nn.MultiheadAttention):
-                    watched.append(module.out_proj)
-                    skipped.append(name)  # its projections are ruled inside its forward
+                if is_attention(module):  # its projections are ruled inside its forward
+                    watched.extend(module.children())
+                    skipped.append(name)
                 continue
             if isinstance(module, IDENTITY_RULE_ACTIVATIONS):
-                forwards.append((module, identity_rule_forward(module)))
+                replaced.append((module, "forward", identity_rule_forward(module)))
                 continue
             template = composite.module_map(ctx, name, module)
             if isinstance(module, BatchNorm) and module not in merged:
@@ -344,7 +347,7 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
         norms=norms,
         signature=signature([*modules.values(), *norms, *watched]),
         emits_relevance=bool(emitting),
-        forwards=forwards,
+        replaced=replaced,
         inner=inner,
         watched=watched,
     )

@@ -26,14 +26,19 @@ blocks scale their output by a learnt per-channel constant (relevance passes it 
 
 Supported: ``torch.nn.MultiheadAttention`` used as self-attention without masks,
 ``torch.nn.LayerNorm`` over one dimension, torchvision's ``VisionTransformer`` (ViT-B/16 …,
-class token and positional embedding) and ConvNeXt. Swin's and MaxViT's attention are written
-with functional calls on their own parameters and stay refused.
+class token and positional embedding) and ConvNeXt, and timm's ``VisionTransformer`` (ViT,
+DeiT, register tokens, average pooling, layer scale; its ``Attention`` on either the fused or
+the plain path; tested to give the same maps as the same network built by torchvision).
+Swin's and MaxViT's window attention, timm's distilled DeiT and EVA compute with parameters
+of their own outside any layer and stay refused, by name.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +49,40 @@ from torchvision.models.vision_transformer import Encoder, VisionTransformer
 from workers.explainers.base import ExplainerError
 from workers.explainers.propagation import lrp_rules as lr
 
-Forward = Callable[..., object]
+Forward = Callable[..., Any]
+Replacement = tuple[str, Forward, list[lr.Rule]]
+"""(name of the method replaced, our function, the rules it applies)."""
 
 TRANSFORMER_MODULES = (nn.MultiheadAttention, Encoder, VisionTransformer, CNBlock)
 """Module types whose forward :func:`transformer_forward` replaces, with ``nn.LayerNorm`` and
-ConvNeXt's ``LayerNorm2d`` (exactly those: another subclass may normalise otherwise)."""
+ConvNeXt's ``LayerNorm2d`` (exactly those: another subclass may normalise otherwise) and, when
+timm is loaded, :func:`timm_types`."""
+
+
+def timm_types() -> dict[str, type]:
+    """timm's ViT, attention and layer-scale classes, if timm is loaded (a timm model exists
+    only if it is; the worker does not import timm otherwise)."""
+    if "timm" not in sys.modules:
+        return {}
+    from timm.layers.attention import Attention
+    from timm.layers.layer_scale import LayerScale
+    from timm.layers.norm import LayerNorm
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    return {"attention": Attention, "layer_scale": LayerScale, "vit": TimmViT, "norm": LayerNorm}
+
+
+def is_attention(module: nn.Module) -> bool:
+    """Whether ``module`` is an attention block whose projections are ruled in its forward."""
+    timm_attention = timm_types().get("attention")
+    return isinstance(module, nn.MultiheadAttention) or (
+        timm_attention is not None and type(module) is timm_attention
+    )
 
 
 def is_transformer_module(module: nn.Module) -> bool:
     """Whether :func:`transformer_forward` has a forward for ``module``."""
-    if type(module) in (nn.LayerNorm, LayerNorm2d):
+    if type(module) in (nn.LayerNorm, LayerNorm2d, *timm_types().values()):
         return True
     return isinstance(module, TRANSFORMER_MODULES)
 
@@ -63,9 +92,7 @@ def _epsilon(name: str, kind: str, weight: Tensor, bias: Tensor | None, eps: flo
     return lr.Epsilon(name, lr.LinearOp(kind), weight.detach(), bias, epsilon=eps)
 
 
-def layer_norm_forward(
-    name: str, norm: nn.LayerNorm, epsilon: float
-) -> tuple[Forward, list[lr.Rule]]:
+def layer_norm_forward(name: str, norm: nn.LayerNorm, epsilon: float) -> Replacement:
     """``(x − μ) / σ`` with ``σ`` constant, then the ε-rule on ``·w + b``; over the last
     dimension, or over the channels for ConvNeXt's ``LayerNorm2d``."""
     if len(norm.normalized_shape) != 1:
@@ -88,7 +115,7 @@ def layer_norm_forward(
         y = centred / scale
         return lr.RuleFunction.apply(y, rules[0]) if rules else y
 
-    return forward, rules
+    return "forward", forward, rules
 
 
 def scaled_block_forward(
@@ -99,13 +126,45 @@ def scaled_block_forward(
     def forward(x: Tensor) -> Tensor:
         return block.layer_scale.detach() * block.block(x) + x  # stochastic depth: eval no-op
 
-    return forward, []
+    return "forward", forward, []
 
 
-def attention_forward(
-    name: str, attention: nn.MultiheadAttention, epsilon: float
-) -> tuple[Forward, list[lr.Rule]]:
-    """Self-attention with its probabilities held constant; ε-rule on values and output."""
+def layer_scale_forward(name: str, scale: nn.Module, epsilon: float) -> Replacement:
+    """timm's ``LayerScale``: a constant per-channel factor (relevance passes unchanged)."""
+
+    def forward(x: Tensor) -> Tensor:
+        return x * scale.gamma.detach()
+
+    return "forward", forward, []
+
+
+def mix(
+    x: Tensor, qk: Callable[[Tensor], tuple[Tensor, Tensor]], value: lr.Rule, heads: int
+) -> Tensor:
+    """``softmax(q kᵀ / √d) v`` over ``(B, N, ·)`` tokens with the probabilities held constant:
+    ``qk`` gives the ``(B, heads, N, d)`` queries and keys (computed without gradient), the
+    value projection is ``value``'s ε-rule; returns ``(B, N, heads·d)``."""
+    batch, tokens = x.shape[0], x.shape[1]
+    with torch.no_grad():
+        q, k = qk(x.detach())
+        probabilities = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    v = lr.RuleFunction.apply(x, value)
+    v = v.reshape(batch, tokens, heads, -1).transpose(1, 2)
+    return (probabilities @ v).transpose(1, 2).reshape(batch, tokens, -1)
+
+
+def _heads(t: Tensor, heads: int) -> Tensor:
+    return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+
+def _self_attention_only(name: str, mask: object, is_causal: bool) -> None:
+    if mask is not None or is_causal:
+        raise ExplainerError(f"LRP: attention {name!r} with a mask is not supported")
+
+
+def attention_forward(name: str, attention: nn.MultiheadAttention, epsilon: float) -> Replacement:
+    """torch's self-attention with its probabilities held constant; ε-rule on values and
+    output."""
     unsupported = not attention._qkv_same_embed_dim or attention.bias_k is not None
     if unsupported or attention.add_zero_attn:
         raise ExplainerError(
@@ -113,13 +172,16 @@ def attention_forward(
             "architecture not supported"
         )
     dim, heads = attention.embed_dim, attention.num_heads
-    head_dim = dim // heads
     weight, bias = attention.in_proj_weight.detach(), attention.in_proj_bias
     biases = [None] * 3 if bias is None else list(bias.detach().split(dim))
     w_q, w_k, w_v = weight.split(dim)
     value = _epsilon(f"{name}.value", "linear", w_v, biases[2], epsilon)
     out = attention.out_proj
     output = _epsilon(f"{name}.out_proj", "linear", out.weight, out.bias, epsilon)
+
+    def qk(x: Tensor) -> tuple[Tensor, Tensor]:
+        q, k = F.linear(x, w_q, biases[0]), F.linear(x, w_k, biases[1])
+        return _heads(q, heads), _heads(k, heads)
 
     def forward(
         query: Tensor,
@@ -131,48 +193,57 @@ def attention_forward(
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[Tensor, None]:
-        if key_padding_mask is not None or attn_mask is not None or is_causal:
-            raise ExplainerError(f"LRP: attention {name!r} with a mask is not supported")
+        _self_attention_only(name, key_padding_mask if attn_mask is None else attn_mask, is_causal)
         if not (query is key is value_in):
             raise ExplainerError(f"LRP: attention {name!r} is not self-attention")
         x = query if attention.batch_first else query.transpose(0, 1)
-        batch, tokens = x.shape[0], x.shape[1]
-
-        def split(t: Tensor) -> Tensor:
-            return t.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
-
-        with torch.no_grad():
-            q = split(F.linear(x.detach(), w_q, biases[0]))
-            k = split(F.linear(x.detach(), w_k, biases[1]))
-            probabilities = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(head_dim), dim=-1)
-        v = split(lr.RuleFunction.apply(x, value))
-        mixed = (probabilities @ v).transpose(1, 2).reshape(batch, tokens, dim)
-        y = lr.RuleFunction.apply(mixed, output)
+        y = lr.RuleFunction.apply(mix(x, qk, value, heads), output)
         return (y if attention.batch_first else y.transpose(0, 1)), None
 
-    return forward, [value, output]
+    return "forward", forward, [value, output]
 
 
-def encoder_forward(name: str, encoder: Encoder, epsilon: float) -> tuple[Forward, list[lr.Rule]]:
+def timm_attention_forward(name: str, attention: nn.Module, epsilon: float) -> Replacement:
+    """timm's ``Attention`` (its fused and plain paths alike) with constant probabilities."""
+    if attention.gate is not None:
+        raise ExplainerError(f"LRP: gated attention {name!r} is not supported")
+    size, heads = attention.attn_dim, attention.num_heads
+    weight, bias = attention.qkv.weight.detach(), attention.qkv.bias
+    biases = [None] * 3 if bias is None else list(bias.detach().split(size))
+    w_q, w_k, w_v = weight.split(size)
+    value = _epsilon(f"{name}.value", "linear", w_v, biases[2], epsilon)
+    out = attention.proj
+    output = _epsilon(f"{name}.proj", "linear", out.weight, out.bias, epsilon)
+
+    def qk(x: Tensor) -> tuple[Tensor, Tensor]:
+        q, k = F.linear(x, w_q, biases[0]), F.linear(x, w_k, biases[1])
+        return attention.q_norm(_heads(q, heads)), attention.k_norm(_heads(k, heads))
+
+    def forward(x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        _self_attention_only(name, attn_mask, is_causal)
+        return lr.RuleFunction.apply(attention.norm(mix(x, qk, value, heads)), output)
+
+    return "forward", forward, [value, output]
+
+
+def _shift(name: str, embedding: Tensor, epsilon: float) -> lr.Rule:
+    """The ε-rule of adding a positional embedding (a bias)."""
+    ones = torch.ones((), dtype=embedding.dtype, device=embedding.device)
+    return _epsilon(name, "affine", ones, embedding, epsilon)
+
+
+def encoder_forward(name: str, encoder: Encoder, epsilon: float) -> Replacement:
     """torchvision's ViT encoder with the positional embedding added under the ε-rule."""
-    shift = _epsilon(
-        f"{name}.pos_embedding",
-        "affine",
-        torch.ones((), device=encoder.pos_embedding.device),
-        encoder.pos_embedding,
-        epsilon,
-    )
+    shift = _shift(f"{name}.pos_embedding", encoder.pos_embedding, epsilon)
 
     def forward(x: Tensor) -> Tensor:
         x = lr.RuleFunction.apply(x, shift)
         return encoder.ln(encoder.layers(encoder.dropout(x)))
 
-    return forward, [shift]
+    return "forward", forward, [shift]
 
 
-def vision_transformer_forward(
-    name: str, model: VisionTransformer, epsilon: float
-) -> tuple[Forward, list[lr.Rule]]:
+def vision_transformer_forward(name: str, model: VisionTransformer, epsilon: float) -> Replacement:
     """torchvision's ViT with its class token a constant input."""
     label = f"{name}.class_token" if name else "class_token"
     token = lr.Prepend(label, lr.LinearOp("affine"), model.class_token.detach(), None)
@@ -181,13 +252,42 @@ def vision_transformer_forward(
         x = lr.RuleFunction.apply(model._process_input(x), token)
         return model.heads(model.encoder(x)[:, 0])
 
-    return forward, [token]
+    return "forward", forward, [token]
 
 
-def transformer_forward(
-    name: str, module: nn.Module, epsilon: float
-) -> tuple[Forward, list[lr.Rule]]:
-    """The replacement forward of a :data:`TRANSFORMER_MODULES` module and the rules it uses."""
+def timm_position_forward(name: str, model: nn.Module, epsilon: float) -> Replacement:
+    """timm's ``VisionTransformer._pos_embed``: class and register tokens a constant input,
+    the positional embedding a bias (added before or after them, as the model does)."""
+    if model.dynamic_img_size:
+        raise ExplainerError("LRP: a timm ViT with dynamic_img_size is not supported")
+    tokens = [t.detach() for t in (model.cls_token, model.reg_token) if t is not None]
+    label = f"{name}." if name else ""
+    prefix = (
+        lr.Prepend(f"{label}prefix_tokens", lr.LinearOp("affine"), torch.cat(tokens, 1), None)
+        if tokens
+        else None
+    )
+    embedding = model.pos_embed
+    shift = None if embedding is None else _shift(f"{label}pos_embed", embedding, epsilon)
+
+    def prepend(x: Tensor) -> Tensor:
+        return x if prefix is None else lr.RuleFunction.apply(x, prefix)
+
+    def add(x: Tensor) -> Tensor:
+        return x if shift is None else lr.RuleFunction.apply(x, shift)
+
+    def position(x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        x = prepend(add(x)) if model.no_embed_class else add(prepend(x))
+        return model.pos_drop(x)
+
+    return "_pos_embed", position, [r for r in (prefix, shift) if r is not None]
+
+
+def transformer_forward(name: str, module: nn.Module, epsilon: float) -> Replacement:
+    """The replacement of a module :func:`is_transformer_module` accepts: which method, ours,
+    and the rules it applies."""
+    timm = timm_types()
     if isinstance(module, nn.LayerNorm):
         return layer_norm_forward(name, module, epsilon)
     if isinstance(module, CNBlock):
@@ -198,4 +298,10 @@ def transformer_forward(
         return encoder_forward(name, module, epsilon)
     if isinstance(module, VisionTransformer):
         return vision_transformer_forward(name, module, epsilon)
+    if type(module) is timm.get("attention"):
+        return timm_attention_forward(name, module, epsilon)
+    if type(module) is timm.get("layer_scale"):
+        return layer_scale_forward(name, module, epsilon)
+    if type(module) is timm.get("vit"):
+        return timm_position_forward(name, module, epsilon)
     raise TypeError(f"not a transformer module: {type(module).__name__}")
