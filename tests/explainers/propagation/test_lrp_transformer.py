@@ -218,3 +218,56 @@ def test_a_timm_vit_gets_the_maps_of_the_same_torchvision_vit(composite: str) ->
     theirs = lrp(handle(twin), x, targets, composite=composite).saliency
     torch.testing.assert_close(theirs, ours)
     assert not any(k in m.__dict__ for m in twin.modules() for k in ("forward", "_pos_embed"))
+
+
+def hugging_face_twin(model: VisionTransformer) -> nn.Module:
+    """Hugging Face's ViT with the weights of torchvision's ``model``, served as the zoo
+    serves it (logits out of the output object)."""
+    transformers = pytest.importorskip("transformers")
+    from workers.zoo_hub import HuggingFaceClassifier
+
+    config = transformers.ViTConfig(
+        image_size=SIZE, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, num_labels=5, layer_norm_eps=1e-6, qkv_bias=True,
+    )  # fmt: skip
+    twin = transformers.ViTForImageClassification(config).double()
+    if "vit.layers.0.attention.q_proj.weight" not in twin.state_dict():
+        pytest.skip("this test maps transformers 5's ViT layout")
+    state = model.state_dict()
+    mapped = {
+        "vit.embeddings.cls_token": state["class_token"],
+        "vit.embeddings.position_embeddings": state["encoder.pos_embedding"],
+        "vit.embeddings.patch_embeddings.projection.weight": state["conv_proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": state["conv_proj.bias"],
+        "vit.layernorm.weight": state["encoder.ln.weight"],
+        "vit.layernorm.bias": state["encoder.ln.bias"],
+        "classifier.weight": state["heads.head.weight"],
+        "classifier.bias": state["heads.head.bias"],
+    }
+    for i in range(2):
+        ours, theirs = f"vit.layers.{i}.", f"encoder.layers.encoder_layer_{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = state[f"{theirs}self_attention.in_proj_{kind}"].chunk(3)
+            mapped |= {
+                f"{ours}attention.q_proj.{kind}": q,
+                f"{ours}attention.k_proj.{kind}": k,
+                f"{ours}attention.v_proj.{kind}": v,
+                f"{ours}attention.o_proj.{kind}": state[f"{theirs}self_attention.out_proj.{kind}"],
+                f"{ours}layernorm_before.{kind}": state[f"{theirs}ln_1.{kind}"],
+                f"{ours}layernorm_after.{kind}": state[f"{theirs}ln_2.{kind}"],
+                f"{ours}mlp.fc1.{kind}": state[f"{theirs}mlp.0.{kind}"],
+                f"{ours}mlp.fc2.{kind}": state[f"{theirs}mlp.3.{kind}"],
+            }
+    twin.load_state_dict(mapped)
+    return HuggingFaceClassifier(twin.eval()).eval()
+
+
+def test_a_hugging_face_vit_gets_the_maps_of_the_same_torchvision_vit() -> None:
+    model, x, targets = vit(6), images(2), torch.tensor([1, 3])
+    twin = hugging_face_twin(model)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))  # the same network
+    for composite in ("epsilon", "epsilon_plus_flat"):
+        ours = lrp(handle(model), x, targets, composite=composite).saliency
+        theirs = lrp(handle(twin), x, targets, composite=composite).saliency
+        torch.testing.assert_close(theirs, ours)

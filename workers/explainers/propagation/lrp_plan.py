@@ -39,6 +39,7 @@ from zennit.types import Linear as ZennitLinear
 from workers.explainers.base import ExplainerError
 from workers.explainers.propagation import lrp_rules as lr
 from workers.explainers.propagation.lrp_transformer import (
+    hf_types,
     is_attention,
     is_transformer_module,
     transformer_forward,
@@ -59,6 +60,12 @@ IDENTITY_RULE_ACTIVATIONS = (nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ReLU6)
 ``R_x = R_f(x)`` (Zennit's ``Pass``; AttnLRP, Achtibat et al. ICML 2024, Sec. 3.3.2, for GELU and
 SiLU): in the c = R / a space its modified gradient is ``g(x) = f(x) / x`` (sigmoid(x) for SiLU,
 hardsigmoid(x) for Hardswish, Φ(x) for GELU), so the forward becomes ``x · g(x).detach()``."""
+
+
+def identity_rule_activations() -> tuple[type, ...]:
+    """:data:`IDENTITY_RULE_ACTIVATIONS` and, when transformers is loaded, its GELU module."""
+    gelu = hf_types().get("gelu")
+    return IDENTITY_RULE_ACTIVATIONS if gelu is None else (*IDENTITY_RULE_ACTIVATIONS, gelu)
 
 
 def zennit_composite(name: str, epsilon: float, low: Tensor, high: Tensor) -> Composite:
@@ -322,7 +329,7 @@ def build_plan(model: nn.Module, composite: Composite, **rule_kw: Any) -> Plan:
                     watched.extend(module.children())
                     skipped.append(name)
                 continue
-            if isinstance(module, IDENTITY_RULE_ACTIVATIONS):
+            if isinstance(module, identity_rule_activations()):
                 replaced.append((module, "forward", identity_rule_forward(module)))
                 continue
             template = composite.module_map(ctx, name, module)

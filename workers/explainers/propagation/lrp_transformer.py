@@ -28,7 +28,8 @@ Supported: ``torch.nn.MultiheadAttention`` used as self-attention without masks,
 ``torch.nn.LayerNorm`` over one dimension, torchvision's ``VisionTransformer`` (ViT-B/16 …,
 class token and positional embedding) and ConvNeXt, and timm's ``VisionTransformer`` (ViT,
 DeiT, register tokens, average pooling, layer scale; its ``Attention`` on either the fused or
-the plain path; tested to give the same maps as the same network built by torchvision).
+the plain path), and Hugging Face's ``ViTForImageClassification`` (transformers 5's
+layout); both tested to give the same maps as the same network built by torchvision.
 Swin's and MaxViT's window attention, timm's distilled DeiT and EVA compute with parameters
 of their own outside any layer and stay refused, by name.
 """
@@ -72,17 +73,27 @@ def timm_types() -> dict[str, type]:
     return {"attention": Attention, "layer_scale": LayerScale, "vit": TimmViT, "norm": LayerNorm}
 
 
+def hf_types() -> dict[str, type]:
+    """Hugging Face's ViT embedding and attention classes and its GELU module, if transformers
+    is loaded (transformers 5's ViT: ``ViTAttention`` with ``q_proj`` … ``o_proj``)."""
+    if "transformers" not in sys.modules:
+        return {}
+    from transformers.activations import GELUActivation
+    from transformers.models.vit.modeling_vit import ViTAttention, ViTEmbeddings
+
+    return {"attention": ViTAttention, "embeddings": ViTEmbeddings, "gelu": GELUActivation}
+
+
 def is_attention(module: nn.Module) -> bool:
     """Whether ``module`` is an attention block whose projections are ruled in its forward."""
-    timm_attention = timm_types().get("attention")
-    return isinstance(module, nn.MultiheadAttention) or (
-        timm_attention is not None and type(module) is timm_attention
-    )
+    kinds = [timm_types().get("attention"), hf_types().get("attention")]
+    return isinstance(module, nn.MultiheadAttention) or type(module) in kinds
 
 
 def is_transformer_module(module: nn.Module) -> bool:
     """Whether :func:`transformer_forward` has a forward for ``module``."""
-    if type(module) in (nn.LayerNorm, LayerNorm2d, *timm_types().values()):
+    hf = {k: v for k, v in hf_types().items() if k != "gelu"}  # an activation: lrp_plan's
+    if type(module) in (nn.LayerNorm, LayerNorm2d, *timm_types().values(), *hf.values()):
         return True
     return isinstance(module, TRANSFORMER_MODULES)
 
@@ -226,6 +237,52 @@ def timm_attention_forward(name: str, attention: nn.Module, epsilon: float) -> R
     return "forward", forward, [value, output]
 
 
+def hf_attention_forward(name: str, attention: nn.Module, epsilon: float) -> Replacement:
+    """Hugging Face's ``ViTAttention`` with constant probabilities; ε-rule on ``v_proj`` and
+    ``o_proj``."""
+    if not all(hasattr(attention, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        raise ExplainerError(f"LRP: attention {name!r} of this transformers version has no rule")
+    heads = attention.num_attention_heads
+    value = _epsilon(
+        f"{name}.v_proj", "linear", attention.v_proj.weight, attention.v_proj.bias, epsilon
+    )
+    out = attention.o_proj
+    output = _epsilon(f"{name}.o_proj", "linear", out.weight, out.bias, epsilon)
+
+    def qk(x: Tensor) -> tuple[Tensor, Tensor]:
+        return _heads(attention.q_proj(x), heads), _heads(attention.k_proj(x), heads)
+
+    def forward(
+        hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
+    ) -> tuple[Tensor, None]:
+        _self_attention_only(name, attention_mask, False)
+        return lr.RuleFunction.apply(mix(hidden_states, qk, value, heads), output), None
+
+    return "forward", forward, [value, output]
+
+
+def hf_embeddings_forward(name: str, embeddings: nn.Module, epsilon: float) -> Replacement:
+    """Hugging Face's ``ViTEmbeddings``: the [CLS] token a constant input, the positional
+    embedding a bias."""
+    label = f"{name}." if name else ""
+    token = lr.Prepend(
+        f"{label}cls_token", lr.LinearOp("affine"), embeddings.cls_token.detach(), None
+    )
+    shift = _shift(f"{label}position_embeddings", embeddings.position_embeddings, epsilon)
+
+    def forward(
+        pixel_values: Tensor,
+        bool_masked_pos: Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> Tensor:
+        if bool_masked_pos is not None or interpolate_pos_encoding:
+            raise ExplainerError("LRP: masked or interpolated position embeddings: no rule")
+        x = lr.RuleFunction.apply(embeddings.patch_embeddings(pixel_values), token)
+        return embeddings.dropout(lr.RuleFunction.apply(x, shift))
+
+    return "forward", forward, [token, shift]
+
+
 def _shift(name: str, embedding: Tensor, epsilon: float) -> lr.Rule:
     """The ε-rule of adding a positional embedding (a bias)."""
     ones = torch.ones((), dtype=embedding.dtype, device=embedding.device)
@@ -304,4 +361,9 @@ def transformer_forward(name: str, module: nn.Module, epsilon: float) -> Replace
         return layer_scale_forward(name, module, epsilon)
     if type(module) is timm.get("vit"):
         return timm_position_forward(name, module, epsilon)
+    hf = hf_types()
+    if type(module) is hf.get("attention"):
+        return hf_attention_forward(name, module, epsilon)
+    if type(module) is hf.get("embeddings"):
+        return hf_embeddings_forward(name, module, epsilon)
     raise TypeError(f"not a transformer module: {type(module).__name__}")
