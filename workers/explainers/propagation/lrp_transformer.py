@@ -168,6 +168,33 @@ def _heads(t: Tensor, heads: int) -> Tensor:
     return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
 
 
+def packed(
+    name: str,
+    weight: Tensor,
+    bias: Tensor | None,
+    heads: int,
+    epsilon: float,
+    norms: tuple[Callable[[Tensor], Tensor], ...] = (),
+) -> tuple[lr.Rule, Callable[[Tensor], tuple[Tensor, Tensor]]]:
+    """From a packed query/key/value projection ``(3·size, dim)``: the value projection's
+    ε-rule, and the queries and keys per head (through ``norms``, if the model has them)."""
+    size = weight.shape[0] // 3
+    w_q, w_k, w_v = weight.detach().split(size)
+    biases = [None] * 3 if bias is None else list(bias.detach().split(size))
+    value = _epsilon(f"{name}.value", "linear", w_v, biases[2], epsilon)
+    q_norm, k_norm = norms or (_same, _same)
+
+    def qk(x: Tensor) -> tuple[Tensor, Tensor]:
+        q, k = F.linear(x, w_q, biases[0]), F.linear(x, w_k, biases[1])
+        return q_norm(_heads(q, heads)), k_norm(_heads(k, heads))
+
+    return value, qk
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
 def _self_attention_only(name: str, mask: object, is_causal: bool) -> None:
     if mask is not None or is_causal:
         raise ExplainerError(f"LRP: attention {name!r} with a mask is not supported")
@@ -182,17 +209,10 @@ def attention_forward(name: str, attention: nn.MultiheadAttention, epsilon: floa
             f"LRP: attention {name!r} uses separate key/value sizes or extra key/value biases; "
             "architecture not supported"
         )
-    dim, heads = attention.embed_dim, attention.num_heads
-    weight, bias = attention.in_proj_weight.detach(), attention.in_proj_bias
-    biases = [None] * 3 if bias is None else list(bias.detach().split(dim))
-    w_q, w_k, w_v = weight.split(dim)
-    value = _epsilon(f"{name}.value", "linear", w_v, biases[2], epsilon)
+    heads = attention.num_heads
+    value, qk = packed(name, attention.in_proj_weight, attention.in_proj_bias, heads, epsilon)
     out = attention.out_proj
     output = _epsilon(f"{name}.out_proj", "linear", out.weight, out.bias, epsilon)
-
-    def qk(x: Tensor) -> tuple[Tensor, Tensor]:
-        q, k = F.linear(x, w_q, biases[0]), F.linear(x, w_k, biases[1])
-        return _heads(q, heads), _heads(k, heads)
 
     def forward(
         query: Tensor,
@@ -218,17 +238,11 @@ def timm_attention_forward(name: str, attention: nn.Module, epsilon: float) -> R
     """timm's ``Attention`` (its fused and plain paths alike) with constant probabilities."""
     if attention.gate is not None:
         raise ExplainerError(f"LRP: gated attention {name!r} is not supported")
-    size, heads = attention.attn_dim, attention.num_heads
-    weight, bias = attention.qkv.weight.detach(), attention.qkv.bias
-    biases = [None] * 3 if bias is None else list(bias.detach().split(size))
-    w_q, w_k, w_v = weight.split(size)
-    value = _epsilon(f"{name}.value", "linear", w_v, biases[2], epsilon)
+    heads, qkv = attention.num_heads, attention.qkv
+    norms = (attention.q_norm, attention.k_norm)
+    value, qk = packed(name, qkv.weight, qkv.bias, heads, epsilon, norms)
     out = attention.proj
     output = _epsilon(f"{name}.proj", "linear", out.weight, out.bias, epsilon)
-
-    def qk(x: Tensor) -> tuple[Tensor, Tensor]:
-        q, k = F.linear(x, w_q, biases[0]), F.linear(x, w_k, biases[1])
-        return attention.q_norm(_heads(q, heads)), attention.k_norm(_heads(k, heads))
 
     def forward(x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         _self_attention_only(name, attn_mask, is_causal)
