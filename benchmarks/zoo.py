@@ -22,7 +22,9 @@ model per family at 224 px, the seconds of ``gradcam``, ``fmo`` (defaults) and `
 
 torchvision initialises a ViT's head to zero, so a random ViT predicts the same for every
 input and every map is constant; the sweep gives zero-initialised heads small random weights.
-Results are cached per model in ``--cache`` (JSON), so a long sweep can be resumed.
+Results are cached per model in ``--cache`` (JSON), so a long sweep can be resumed, shared
+with a second process (``--reverse`` sweeps from the last model), or reported part-way
+(``--cached-only``: the models not swept yet are listed as such).
 """
 
 from __future__ import annotations
@@ -182,6 +184,9 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
     ]
     counts = dict.fromkeys(SYMBOL, 0)
     for row in rows:
+        if row.get("not_swept"):
+            lines.append(f"| {row['arch']} | {row['size']} | | not swept yet |")
+            continue
         if "error" in row:
             lines.append(f"| {row['arch']} | {row['size']} | | build failed: {row['error']} |")
             continue
@@ -205,9 +210,11 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
             + " |"
         )
     total = sum(counts.values())
+    swept = [row for row in rows if not row.get("not_swept")]
     lines += [
         "",
-        f"{len(rows)} models × {len(methods)} methods: "
+        f"{len(swept)} models{f' (of {len(rows)})' if len(swept) < len(rows) else ''}"
+        f" × {len(methods)} methods: "
         + ", ".join(f"{counts.get(s, 0)} {SYMBOL[s]}" for s in SYMBOL)
         + f" (of {total}).",
         "",
@@ -254,6 +261,12 @@ def main() -> None:
     parser.add_argument("--timing", action="store_true")
     parser.add_argument("--rise-masks", type=int, default=500)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--reverse", action="store_true", help="sweep from the last model (a second process)"
+    )
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report what the cache holds, sweep nothing"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     archs = args.models.split(",") if args.models else tv.architectures()
@@ -263,16 +276,20 @@ def main() -> None:
     methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m in known]
     args.cache.mkdir(parents=True, exist_ok=True)
     rows = []
-    for arch in archs:
+    for arch in reversed(archs) if args.reverse else archs:
         cached = args.cache / f"{arch}.json"
         if cached.is_file():
             row = json.loads(cached.read_text())
+        elif args.cached_only:
+            row = {"arch": arch, "size": SIZES.get(arch, args.size), "not_swept": True}
         else:
             row = sweep_model(arch, SIZES.get(arch, args.size), methods)
             cached.write_text(json.dumps(row))
             gc.collect()
         print(arch, row.get("seconds", row.get("error")), flush=True)
         rows.append(row)
+    if args.reverse:
+        rows.reverse()
     timings = {}
     if args.timing:
         for arch in FAMILIES:
