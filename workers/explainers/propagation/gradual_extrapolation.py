@@ -36,8 +36,9 @@ restores the code's behaviour):
   that chose nothing, ±1 → ±5: the demo model 97.5 → 100 %, the 224 px model (24 scenes) 88.3
   → 91.3 %, the crowded-scene model (24 scenes) 89.9 → 91.0 %.
 
-Measured on the demo model (32 held-out scenes, share of the min-max normalised map's mass on
-the object): these defaults 0.42, up-sampled Grad-CAM 0.38, the same keeping ``E₀`` 0.31, the
+The first four deviations were measured before the clip changed, with the code's ±1. On the
+demo model (32 held-out scenes, share of the min-max normalised map's mass on the object):
+these defaults 0.42, up-sampled Grad-CAM 0.38, the same keeping ``E₀`` 0.31, the
 code's raw sums 0.16; METHODS.md's ``ReLU(Σ_c e)`` blanks every map there (the channel sums of
 the pre-batch-norm ``features.1.0`` output are negative at every pixel).
 
@@ -47,7 +48,8 @@ held-out scenes each, ``python -m benchmarks.quality``): the second evaluation m
 against 82 % / 0.04 with ``reproduce_code_quirks``; the demo model 97.5 % / 0.64 against 97 % /
 0.20. Issue 14's unseen 112 px model went the other way (4 of 8 scenes against 6 of 8). The
 defaults stay: better on two models of three, and the code's batch-wide normalisation would
-make a map depend on the other requests that share its batch.
+make a map depend on the other requests that share its batch. With the ±5σ clip, every
+evaluation model's figures are in ``benchmarks/results/quality-summary.md``.
 
 Cost: the base method, plus nothing when it runs exactly one forward pass of the batch (the
 hooks record it: Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM), else one extra forward pass under
