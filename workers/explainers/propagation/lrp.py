@@ -28,8 +28,9 @@ ResNet / VGG canonizers to float64 precision (tests), with two deliberate differ
 1e-5: sums and average pools get no 1e-6 stabiliser (none is needed without a division), and
 the batch-norm merge is exact (Zennit's merged norm still computes ``x / sqrt(1 + eps)``).
 Rules are cached per model (invalidated when a parameter changes) and the layer replacement
-lasts one forward pass. Vision transformers (torchvision's ViT, ``nn.MultiheadAttention``,
-``nn.LayerNorm``) get CP-LRP / AttnLRP's rules (``lrp_transformer``). Architectures with
+lasts one forward pass. Vision transformers (torchvision's, timm's and Hugging Face's ViT,
+``nn.MultiheadAttention``, ``nn.LayerNorm``) and ConvNeXt get CP-LRP / AttnLRP's rules
+(``lrp_transformer``). Architectures with
 operations that have no LRP rule (other activations, gates, a softmax output) are refused
 (``lrp_check``).
 

@@ -9,9 +9,10 @@ Residual additions need no canonizer here: in the modified-gradient form the pla
 ``a + b`` is Zennit's ``Norm`` rule for a ``Sum`` module. SiLU, Hardswish, GELU, Mish and ReLU6
 get the identity rule and torchvision's squeeze-and-excitation gates are held constant
 (:func:`identity_rule_forward`, :func:`gate_forward`): MobileNetV3, EfficientNet and RegNetY.
-Attention, LayerNorm and torchvision's ViT tokens get the conservative rules of
-:mod:`lrp_transformer`. A container whose forward uses parameters of its own (Swin's window
-attention, ConvNeXt's layer scale) is refused by name: those parameters have no rule.
+Attention, LayerNorm, ViT tokens (torchvision, timm, Hugging Face) and ConvNeXt's layer scale
+get the conservative rules of :mod:`lrp_transformer`. Any other container whose forward uses
+parameters of its own (Swin's and MaxViT's window attention) is refused by name: those
+parameters have no rule.
 
 Nothing of the model is modified: merged and rule weights are separate tensors, cached per
 model and invalidated when any parameter or buffer of a ruled layer changes (data pointer or
