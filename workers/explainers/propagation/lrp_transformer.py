@@ -36,6 +36,7 @@ of their own outside any layer and stay refused, by name.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable
@@ -63,8 +64,18 @@ timm is loaded, :func:`timm_types`."""
 def timm_types() -> dict[str, type]:
     """timm's ViT, attention and layer-scale classes, if timm is loaded (a timm model exists
     only if it is; the worker does not import timm otherwise)."""
-    if "timm" not in sys.modules:
-        return {}
+    return _timm_classes() if "timm" in sys.modules else {}
+
+
+def hf_types() -> dict[str, type]:
+    """Hugging Face's ViT embedding and attention classes and its GELU module, if transformers
+    is loaded (transformers 5's ViT: ``ViTAttention`` with ``q_proj`` … ``o_proj``)."""
+    return _hf_classes() if "transformers" in sys.modules else {}
+
+
+@functools.cache
+def _timm_classes() -> dict[str, type]:
+    """Looked up once (a plan asks for every module of the model)."""
     from timm.layers.attention import Attention
     from timm.layers.layer_scale import LayerScale
     from timm.layers.norm import LayerNorm
@@ -73,11 +84,9 @@ def timm_types() -> dict[str, type]:
     return {"attention": Attention, "layer_scale": LayerScale, "vit": TimmViT, "norm": LayerNorm}
 
 
-def hf_types() -> dict[str, type]:
-    """Hugging Face's ViT embedding and attention classes and its GELU module, if transformers
-    is loaded (transformers 5's ViT: ``ViTAttention`` with ``q_proj`` … ``o_proj``)."""
-    if "transformers" not in sys.modules:
-        return {}
+@functools.cache
+def _hf_classes() -> dict[str, type]:
+    """Looked up once (a plan asks for every module of the model)."""
     from transformers.activations import GELUActivation
     from transformers.models.vit.modeling_vit import ViTAttention, ViTEmbeddings
 
