@@ -27,8 +27,14 @@ def test_lrp_and_its_hybrid_are_refused_where_a_layer_has_no_rule() -> None:
     refused = unsupported_methods(handle(hard))
     assert set(refused) == {"lrp", "gradcam_lrp"}
     assert all("Sigmoid" in reason for reason in refused.values())
-    swin = unsupported_methods(ModelHandle("swin", tiny_swin(), (32, 32)))
-    assert set(swin) == {"lrp", "gradcam_lrp"} and "ShiftedWindowAttention" in swin["lrp"]
+    norm = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))  # fmt: skip
+    refused = unsupported_methods(handle(norm))
+    assert set(refused) == {"lrp", "gradcam_lrp"} and "GroupNorm" in refused["lrp"]
+
+
+def test_a_swin_runs_every_method() -> None:  # window attention has its conservative rule
+    assert unsupported_methods(ModelHandle("swin", tiny_swin(), (32, 32))) == {}
 
 
 def test_a_model_without_a_spatial_layer_refuses_every_layer_based_method() -> None:

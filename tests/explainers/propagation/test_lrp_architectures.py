@@ -162,7 +162,6 @@ class NormAfterActivation(nn.Module):
 
 REFUSED: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "sigmoid module": (lambda: nn.Sequential(nn.Conv2d(8, 8, 1), nn.Sigmoid()), "Sigmoid"),
-    "tanh module": (lambda: nn.Tanh(), "Tanh"),
     "softplus module": (lambda: nn.Softplus(), "Softplus"),
     "functional gate": (Gate, "product of two activations"),
     "product of activations": (Bilinear, "product of two activations"),
@@ -265,7 +264,7 @@ def test_a_torchvision_densenet_conserves_relevance() -> None:
     assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0
 
 
-@pytest.mark.parametrize("act", [nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ReLU6])
+@pytest.mark.parametrize("act", [nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ReLU6, nn.Tanh])
 def test_gated_activations_take_the_identity_rule_and_conserve_relevance(act: type) -> None:
     model = Head(nn.Sequential(Residual(8)), act=act)
     conserved(model, epsilon=1e-14)

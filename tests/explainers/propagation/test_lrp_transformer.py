@@ -271,3 +271,100 @@ def test_a_hugging_face_vit_gets_the_maps_of_the_same_torchvision_vit() -> None:
         ours = lrp(handle(model), x, targets, composite=composite).saliency
         theirs = lrp(handle(twin), x, targets, composite=composite).saliency
         torch.testing.assert_close(theirs, ours)
+
+
+def randomised(model: nn.Module, seed: int, *, biases: bool) -> nn.Module:
+    """Every bias, position-bias table and batch-norm mean random (or zero), norm scales
+    around 1, in float64."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "relative_position_bias_table" in name:
+                parameter.normal_(std=0.1 if biases else 0.0)
+            elif parameter.dim() == 1:
+                parameter.uniform_(0.5, 1.5)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(std=0.1 if biases else 0.0)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.double().eval()
+
+
+def window_model(kind: str, seed: int = 0, *, biases: bool = True) -> tuple[nn.Module, int]:
+    """A two-stage Swin v1 / v2 on 48 px (the second stage's 6×6 tokens are padded to two
+    4×4 windows and shifted), or a two-block MaxViT on 32 px; and its input size."""
+    from torchvision.models.maxvit import MaxVit
+    from torchvision.models.swin_transformer import (
+        PatchMergingV2,
+        SwinTransformer,
+        SwinTransformerBlockV2,
+    )
+
+    torch.manual_seed(seed)
+    if kind == "maxvit":
+        model: nn.Module = MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2,
+                                  block_channels=[16, 32], block_layers=[1, 1], head_dim=8,
+                                  stochastic_depth_prob=0.0, num_classes=5)  # fmt: skip
+        return randomised(model, seed, biases=biases), 32
+    v2 = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2}
+    model = SwinTransformer([4, 4], 16, [2, 2], [2, 2], [4, 4], num_classes=5,
+                            **(v2 if kind == "swin_v2" else {}))  # fmt: skip
+    return randomised(model, seed, biases=biases), 48
+
+
+def held_constant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patch torch so that the model's attention probabilities, LayerNorm scales, GELU and
+    tanh gates and squeeze-and-excitation gates are detached in its own forward."""
+    from torchvision.ops.misc import SqueezeExcitation
+
+    softmax, gelu, tanh = F.softmax, F.gelu, torch.tanh
+    scale = SqueezeExcitation._scale
+
+    def norm(x: Tensor, shape: list[int], weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        dims = tuple(range(-len(shape), 0))
+        centred = x - x.mean(dim=dims, keepdim=True)
+        sigma = (centred.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt().detach()
+        return centred / sigma * weight + bias
+
+    monkeypatch.setattr(F, "softmax", lambda x, dim=None, **kw: softmax(x, dim=dim).detach())
+    monkeypatch.setattr(F, "layer_norm", norm)
+    monkeypatch.setattr(F, "gelu", lambda x, approximate="none": x * (gelu(x) / x).detach())
+    monkeypatch.setattr(torch, "tanh", lambda x: x * (tanh(x) / x).detach())
+    monkeypatch.setattr(SqueezeExcitation, "_scale", lambda self, x: scale(self, x).detach())
+
+
+@pytest.mark.parametrize("kind", ["swin", "swin_v2", "maxvit"])
+def test_window_attention_lrp_is_gradient_times_input_with_its_probabilities_held_constant(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference is torchvision's own forward (window partition, cyclic shift and its
+    mask, relative position bias, v2's cosine logits) with torch's softmax, layer norm and
+    gates patched to detach: LRP-ε with ε → 0 must equal its gradient × input."""
+    model, size = window_model(kind)
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1)).double()
+    targets = torch.tensor([0, 3, 4])
+    ours = lrp(ModelHandle(kind, model, (size, size)), x, targets, composite="epsilon",
+               epsilon=1e-12).saliency.double()  # fmt: skip
+    held_constant(monkeypatch)
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, targets[:, None]).sum(), x)
+    expected = (x * grad).sum(dim=1).detach()
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5 * expected.abs().max())
+    monkeypatch.undo()
+    (grad,) = torch.autograd.grad(model(x).gather(1, targets[:, None]).sum(), x)
+    plain = (x * grad).sum(dim=1).detach()  # without the patches: not the same map
+    assert not torch.allclose(plain, ours, rtol=1e-2, atol=1e-3 * expected.abs().max())
+
+
+@pytest.mark.parametrize("kind", ["swin", "swin_v2", "maxvit"])
+def test_window_attention_conserves_relevance_where_no_bias_takes_a_share(kind: str) -> None:
+    model, size = window_model(kind, 1, biases=False)
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2)).double()
+    result = lrp(ModelHandle(kind, model, (size, size)), x, torch.tensor([1, 2, 0]),
+                 composite="epsilon", epsilon=1e-12)  # fmt: skip
+    totals = torch.tensor([m["relevance_total"] for m in result.meta])
+    logits = torch.tensor([m["target_logit"] for m in result.meta])
+    torch.testing.assert_close(totals, logits, rtol=1e-4, atol=1e-6)
+    assert logits.abs().max() > 1e-3
+    assert not any("forward" in m.__dict__ for m in model.modules())  # nothing left patched

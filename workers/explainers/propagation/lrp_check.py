@@ -57,6 +57,7 @@ SIGN_KEEPING = frozenset(
         "AsStridedBackward0",  # a view of a channels-last tensor (how models run on CUDA)
         "AsStridedBackward1",
         "AliasBackward0",  # x[:, 0:], a full slice
+        "RollBackward0",  # Swin's cyclic shift of its windows
     }
 )
 """Linear, constant-free operations: gradient = LRP rule; non-negative in, non-negative out."""

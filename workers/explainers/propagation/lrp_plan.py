@@ -6,13 +6,13 @@ by the matching modified-gradient rule of :mod:`lrp_rules`. Batch norms are merg
 convolution or dense layer that precedes them among the model's leaves, as Zennit's
 ``SequentialMergeBatchNorm`` (and so its ``ResNetCanonizer`` and ``VGGCanonizer``) pairs them.
 Residual additions need no canonizer here: in the modified-gradient form the plain gradient of
-``a + b`` is Zennit's ``Norm`` rule for a ``Sum`` module. SiLU, Hardswish, GELU, Mish and ReLU6
-get the identity rule and torchvision's squeeze-and-excitation gates are held constant
+``a + b`` is Zennit's ``Norm`` rule for a ``Sum`` module. SiLU, Hardswish, GELU, Mish, ReLU6 and
+Tanh get the identity rule and torchvision's squeeze-and-excitation gates are held constant
 (:func:`identity_rule_forward`, :func:`gate_forward`): MobileNetV3, EfficientNet and RegNetY.
-Attention, LayerNorm, ViT tokens (torchvision, timm, Hugging Face) and ConvNeXt's layer scale
-get the conservative rules of :mod:`lrp_transformer`. Any other container whose forward uses
-parameters of its own (Swin's and MaxViT's window attention) is refused by name: those
-parameters have no rule.
+Attention (ViT, Swin and MaxViT windows), LayerNorm, ViT tokens (torchvision, timm, Hugging
+Face) and ConvNeXt's layer scale get the conservative rules of :mod:`lrp_transformer`. Any other
+container whose forward uses parameters of its own (timm's distilled DeiT) is refused by name:
+those parameters have no rule.
 
 Nothing of the model is modified: merged and rule weights are separate tensors, cached per
 model and invalidated when any parameter or buffer of a ruled layer changes (data pointer or
@@ -56,11 +56,12 @@ COMPOSITE_NAMES = (
 )
 PASS_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
 """Activations whose Zennit ``Pass`` rule equals their gradient in the c = R / a space."""
-IDENTITY_RULE_ACTIVATIONS = (nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ReLU6)
+IDENTITY_RULE_ACTIVATIONS = (nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ReLU6, nn.Tanh)
 """Element-wise activations ``f(x) = x·g(x)`` with ``g ≥ 0`` given the identity rule
 ``R_x = R_f(x)`` (Zennit's ``Pass``; AttnLRP, Achtibat et al. ICML 2024, Sec. 3.3.2, for GELU and
 SiLU): in the c = R / a space its modified gradient is ``g(x) = f(x) / x`` (sigmoid(x) for SiLU,
-hardsigmoid(x) for Hardswish, Φ(x) for GELU), so the forward becomes ``x · g(x).detach()``."""
+hardsigmoid(x) for Hardswish, Φ(x) for GELU, tanh(x) / x for the Tanh of MaxViT's head), so
+the forward becomes ``x · g(x).detach()``."""
 
 
 def identity_rule_activations() -> tuple[type, ...]:

@@ -30,8 +30,12 @@ class token and positional embedding) and ConvNeXt, and timm's ``VisionTransform
 DeiT, register tokens, average pooling, layer scale; its ``Attention`` on either the fused or
 the plain path), and Hugging Face's ``ViTForImageClassification`` (transformers 5's
 layout); both tested to give the same maps as the same network built by torchvision.
-Swin's and MaxViT's window attention, timm's distilled DeiT and EVA compute with parameters
-of their own outside any layer and stay refused, by name.
+Window attention, torchvision's Swin v1 / v2 and MaxViT, is self-attention within each window:
+cutting the map into (shifted) windows only moves tokens, and the relative position bias, the
+shift mask and Swin v2's cosine logits with their learnt scale only change the probabilities,
+which are constant here (tested against gradient × input of torchvision's own forward with
+softmax, LayerNorm scales and gates detached). timm's distilled DeiT and EVA compute with
+parameters of their own outside any layer and stay refused, by name.
 """
 
 from __future__ import annotations
@@ -40,12 +44,15 @@ import functools
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.convnext import CNBlock, LayerNorm2d
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 from torchvision.models.vision_transformer import Encoder, VisionTransformer
 
 from workers.explainers.base import ExplainerError
@@ -55,7 +62,14 @@ Forward = Callable[..., Any]
 Replacement = tuple[str, Forward, list[lr.Rule]]
 """(name of the method replaced, our function, the rules it applies)."""
 
-TRANSFORMER_MODULES = (nn.MultiheadAttention, Encoder, VisionTransformer, CNBlock)
+TRANSFORMER_MODULES = (
+    nn.MultiheadAttention,
+    Encoder,
+    VisionTransformer,
+    CNBlock,
+    ShiftedWindowAttention,
+    RelativePositionalMultiHeadAttention,
+)
 """Module types whose forward :func:`transformer_forward` replaces, with ``nn.LayerNorm`` and
 ConvNeXt's ``LayerNorm2d`` (exactly those: another subclass may normalise otherwise) and, when
 timm is loaded, :func:`timm_types`."""
@@ -96,7 +110,9 @@ def _hf_classes() -> dict[str, type]:
 def is_attention(module: nn.Module) -> bool:
     """Whether ``module`` is an attention block whose projections are ruled in its forward."""
     kinds = [timm_types().get("attention"), hf_types().get("attention")]
-    return isinstance(module, nn.MultiheadAttention) or type(module) in kinds
+    return (
+        isinstance(module, nn.MultiheadAttention | ShiftedWindowAttention) or type(module) in kinds
+    )
 
 
 def is_transformer_module(module: nn.Module) -> bool:
@@ -138,9 +154,7 @@ def layer_norm_forward(name: str, norm: nn.LayerNorm, epsilon: float) -> Replace
     return "forward", forward, rules
 
 
-def scaled_block_forward(
-    name: str, block: CNBlock, epsilon: float
-) -> tuple[Forward, list[lr.Rule]]:
+def scaled_block_forward(name: str, block: CNBlock, epsilon: float) -> Replacement:
     """ConvNeXt's block: its layer scale is a constant per-channel factor (relevance passes)."""
 
     def forward(x: Tensor) -> Tensor:
@@ -158,16 +172,25 @@ def layer_scale_forward(name: str, scale: nn.Module, epsilon: float) -> Replacem
     return "forward", forward, []
 
 
+def scaled_dot_product(q: Tensor, k: Tensor) -> Tensor:
+    """The attention logits ``q kᵀ / √d``."""
+    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+
 def mix(
-    x: Tensor, qk: Callable[[Tensor], tuple[Tensor, Tensor]], value: lr.Rule, heads: int
+    x: Tensor,
+    qk: Callable[[Tensor], tuple[Tensor, Tensor]],
+    value: lr.Rule,
+    heads: int,
+    logits: Callable[[Tensor, Tensor], Tensor] = scaled_dot_product,
 ) -> Tensor:
-    """``softmax(q kᵀ / √d) v`` over ``(B, N, ·)`` tokens with the probabilities held constant:
-    ``qk`` gives the ``(B, heads, N, d)`` queries and keys (computed without gradient), the
-    value projection is ``value``'s ε-rule; returns ``(B, N, heads·d)``."""
+    """``softmax(logits(q, k)) v`` over ``(B, N, ·)`` tokens with the probabilities held
+    constant: ``qk`` gives the ``(B, heads, N, d)`` queries and keys (computed without
+    gradient), the value projection is ``value``'s ε-rule; returns ``(B, N, heads·d)``."""
     batch, tokens = x.shape[0], x.shape[1]
     with torch.no_grad():
         q, k = qk(x.detach())
-        probabilities = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+        probabilities = torch.softmax(logits(q, k), dim=-1)
     v = lr.RuleFunction.apply(x, value)
     v = v.reshape(batch, tokens, heads, -1).transpose(1, 2)
     return (probabilities @ v).transpose(1, 2).reshape(batch, tokens, -1)
@@ -256,6 +279,127 @@ def timm_attention_forward(name: str, attention: nn.Module, epsilon: float) -> R
     def forward(x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         _self_attention_only(name, attn_mask, is_causal)
         return lr.RuleFunction.apply(attention.norm(mix(x, qk, value, heads)), output)
+
+    return "forward", forward, [value, output]
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """How :func:`to_windows` cut a ``(B, H, W, C)`` map: padded size, window, cyclic shift."""
+
+    batch: int
+    size: tuple[int, int]
+    padded: tuple[int, int]
+    window: tuple[int, int]
+    shift: tuple[int, int]
+
+    @property
+    def count(self) -> int:
+        """Windows per image."""
+        return (self.padded[0] // self.window[0]) * (self.padded[1] // self.window[1])
+
+
+def to_windows(x: Tensor, window: list[int], shift: list[int]) -> tuple[Tensor, WindowLayout]:
+    """torchvision's Swin partition: pad to whole windows, shift cyclically (not where one
+    window covers the map), cut into ``(B·windows, w_h·w_w, C)`` tokens. Padding, shift and
+    cut only move values (or add zeros): relevance follows them unchanged."""
+    batch, height, width, channels = x.shape
+    x = F.pad(x, (0, 0, 0, -width % window[1], 0, -height % window[0]))
+    padded = (x.shape[1], x.shape[2])
+    shift = [0 if window[i] >= padded[i] else shift[i] for i in range(2)]
+    layout = WindowLayout(
+        batch, (height, width), padded, (window[0], window[1]), (shift[0], shift[1])
+    )
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    rows, cols = padded[0] // window[0], padded[1] // window[1]
+    x = x.view(batch, rows, window[0], cols, window[1], channels).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch * rows * cols, window[0] * window[1], channels), layout
+
+
+def from_windows(x: Tensor, layout: WindowLayout) -> Tensor:
+    """The inverse of :func:`to_windows`: ``(B, H, W, C)`` again."""
+    (rows, cols), (wh, ww) = layout.padded, layout.window
+    x = x.view(layout.batch, rows // wh, cols // ww, wh, ww, x.shape[-1]).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(layout.batch, rows, cols, -1)
+    if sum(layout.shift) > 0:
+        x = torch.roll(x, shifts=layout.shift, dims=(1, 2))
+    return x[:, : layout.size[0], : layout.size[1]]
+
+
+def shift_mask(layout: WindowLayout, like: Tensor) -> Tensor:
+    """``(windows, N, N)``: −100 between tokens that the cyclic shift brought together from
+    different regions of the map, 0 elsewhere (torchvision's mask)."""
+    (rows, cols), (wh, ww), (sh, sw) = layout.padded, layout.window, layout.shift
+    regions = like.new_zeros(rows, cols)
+    count = 0
+    for h in ((0, -wh), (-wh, -sh), (-sh, None)):
+        for w in ((0, -ww), (-ww, -sw), (-sw, None)):
+            regions[h[0] : h[1], w[0] : w[1]] = count
+            count += 1
+    regions = regions.view(rows // wh, wh, cols // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+    different = regions.unsqueeze(1) != regions.unsqueeze(2)
+    return torch.where(different, -100.0, 0.0).to(like.dtype)
+
+
+def swin_attention_forward(
+    name: str, attention: ShiftedWindowAttention, epsilon: float
+) -> Replacement:
+    """torchvision's Swin (v1 and v2) window attention with its probabilities held constant.
+
+    Within each window it is self-attention (:func:`mix`); the relative position bias, the
+    shift mask and v2's cosine logits with their learnt scale change only the probabilities,
+    and the cut into windows only moves tokens (:func:`to_windows`)."""
+    heads, qkv = attention.num_heads, attention.qkv
+    cosine = getattr(attention, "logit_scale", None)  # Swin v2
+    bias = None if qkv.bias is None else qkv.bias.detach().clone()
+    if cosine is not None and bias is not None:
+        bias[bias.numel() // 3 : 2 * bias.numel() // 3] = 0  # v2 has no key bias
+    value, qk = packed(name, qkv.weight, bias, heads, epsilon)
+    out = attention.proj
+    output = _epsilon(f"{name}.proj", "linear", out.weight, out.bias, epsilon)
+
+    def forward(x: Tensor) -> Tensor:
+        windows, layout = to_windows(x, attention.window_size, attention.shift_size)
+
+        def logits(q: Tensor, k: Tensor) -> Tensor:
+            if cosine is None:
+                scores = scaled_dot_product(q, k)
+            else:
+                scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+                scores = scores * torch.clamp(cosine, max=math.log(100.0)).exp()
+            scores = scores + attention.get_relative_position_bias()
+            if sum(layout.shift) == 0:
+                return scores
+            tokens = scores.shape[-1]
+            scores = scores.view(layout.batch, layout.count, heads, tokens, tokens)
+            return (scores + shift_mask(layout, scores).unsqueeze(1)).flatten(0, 1)
+
+        mixed = mix(windows, qk, value, heads, logits)
+        return from_windows(lr.RuleFunction.apply(mixed, output), layout)
+
+    return "forward", forward, [value, output]
+
+
+def maxvit_attention_forward(
+    name: str, attention: RelativePositionalMultiHeadAttention, epsilon: float
+) -> Replacement:
+    """torchvision's MaxViT attention over ``(B, G, P, D)`` (G windows or grid cells of P
+    tokens) with its probabilities held constant; the relative position bias and the model's
+    key scale (``D^-½``, not ``d^-½``) change only the probabilities."""
+    heads, qkv = attention.n_heads, attention.to_qkv
+    value, qk = packed(name, qkv.weight, qkv.bias, heads, epsilon)
+    out = attention.merge
+    output = _epsilon(f"{name}.merge", "linear", out.weight, out.bias, epsilon)
+
+    def logits(q: Tensor, k: Tensor) -> Tensor:
+        scores = q @ (k * attention.scale_factor).transpose(-2, -1)
+        return scores + attention.get_relative_positional_bias()
+
+    def forward(x: Tensor) -> Tensor:
+        groups = x.flatten(0, 1)
+        mixed = lr.RuleFunction.apply(mix(groups, qk, value, heads, logits), output)
+        return mixed.view(x.shape[0], x.shape[1], *mixed.shape[1:])
 
     return "forward", forward, [value, output]
 
@@ -364,29 +508,32 @@ def timm_position_forward(name: str, model: nn.Module, epsilon: float) -> Replac
     return "_pos_embed", position, [r for r in (prefix, shift) if r is not None]
 
 
+TORCHVISION_FORWARDS: dict[type, Callable[[str, Any, float], Replacement]] = {
+    nn.LayerNorm: layer_norm_forward,  # and ConvNeXt's LayerNorm2d, a subclass
+    CNBlock: scaled_block_forward,
+    nn.MultiheadAttention: attention_forward,
+    ShiftedWindowAttention: swin_attention_forward,  # and v2's, a subclass
+    RelativePositionalMultiHeadAttention: maxvit_attention_forward,
+    Encoder: encoder_forward,
+    VisionTransformer: vision_transformer_forward,
+}
+
+
 def transformer_forward(name: str, module: nn.Module, epsilon: float) -> Replacement:
     """The replacement of a module :func:`is_transformer_module` accepts: which method, ours,
     and the rules it applies."""
-    timm = timm_types()
-    if isinstance(module, nn.LayerNorm):
-        return layer_norm_forward(name, module, epsilon)
-    if isinstance(module, CNBlock):
-        return scaled_block_forward(name, module, epsilon)
-    if isinstance(module, nn.MultiheadAttention):
-        return attention_forward(name, module, epsilon)
-    if isinstance(module, Encoder):
-        return encoder_forward(name, module, epsilon)
-    if isinstance(module, VisionTransformer):
-        return vision_transformer_forward(name, module, epsilon)
-    if type(module) is timm.get("attention"):
-        return timm_attention_forward(name, module, epsilon)
-    if type(module) is timm.get("layer_scale"):
-        return layer_scale_forward(name, module, epsilon)
-    if type(module) is timm.get("vit"):
-        return timm_position_forward(name, module, epsilon)
-    hf = hf_types()
-    if type(module) is hf.get("attention"):
-        return hf_attention_forward(name, module, epsilon)
-    if type(module) is hf.get("embeddings"):
-        return hf_embeddings_forward(name, module, epsilon)
-    raise TypeError(f"not a transformer module: {type(module).__name__}")
+    for kind, make in TORCHVISION_FORWARDS.items():
+        if isinstance(module, kind):
+            return make(name, module, epsilon)
+    timm, hf = timm_types(), hf_types()
+    library = {
+        timm.get("attention"): timm_attention_forward,
+        timm.get("layer_scale"): layer_scale_forward,
+        timm.get("vit"): timm_position_forward,
+        hf.get("attention"): hf_attention_forward,
+        hf.get("embeddings"): hf_embeddings_forward,
+    }
+    make = library.get(type(module))
+    if make is None:
+        raise TypeError(f"not a transformer module: {type(module).__name__}")
+    return make(name, module, epsilon)
