@@ -24,7 +24,10 @@ torchvision initialises a ViT's head to zero, so a random ViT predicts the same 
 input and every map is constant; the sweep gives zero-initialised heads small random weights.
 Results are cached per model in ``--cache`` (JSON), so a long sweep can be resumed, shared
 with a second process (``--reverse`` sweeps from the last model), or reported part-way
-(``--cached-only``: the models not swept yet are listed as such).
+(``--cached-only``: the models not swept yet are listed as such). ``--from-report`` fills the
+cache from an earlier report's rows (their cells: status, seconds, reason, and the commit its
+note names), so a change that concerns a few models reruns only those (delete nothing: the
+rows of ``--models`` are swept again) and the report says which commit swept which rows.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import argparse
 import gc
 import json
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ import torch
 import torchvision
 from torch import nn
 
+from benchmarks.quality.summary import current_commit
 from workers import zoo_torchvision as tv
 from workers.explainers import ExplainerError, explainer_names, get_explainer
 from workers.explainers.base import ModelHandle
@@ -140,6 +145,7 @@ def sweep_model(arch: str, size: int, methods: list[str]) -> dict[str, Any]:
     for method in methods:
         row["methods"][method] = run_one(handle, method, x, SWEEP_PARAMS.get(method, {}))
     row["seconds"] = round(time.perf_counter() - started, 1)
+    row["commit"] = current_commit()
     return row
 
 
@@ -222,7 +228,49 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
         "",
     ]
     lines += [f"{n}. {text}" for text, n in sorted(reasons.items(), key=lambda kv: kv[1])]
+    commits: dict[str, list[str]] = {}
+    for row in swept:
+        commits.setdefault(row.get("commit", "unknown"), []).append(row["arch"])
+    if len(commits) > 1:
+        lines += ["", "Rows swept at each commit:", ""]
+        lines += [
+            f"* {commit}: {len(archs)} models"
+            + (f" ({', '.join(archs)})" if len(archs) <= 10 else "")
+            for commit, archs in commits.items()
+        ]
     return "\n".join(lines) + "\n"
+
+
+def rows_from_report(text: str) -> list[dict[str, Any]]:
+    """The swept rows of an earlier :func:`report`, as cache rows (a blank cell's note is not
+    in the report: "constant map")."""
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    methods = [cell.strip() for cell in lines[header].strip().strip("|").split("|")][4:]
+    reasons = dict(re.findall(r"^(\d+)\. (.*)$", text.split("\nReasons:\n", 1)[-1], re.M))
+    commit = re.search(r"at commit ([0-9a-f]{7,40})", text)
+    rows = []
+    for line in lines[header + 2 :]:
+        if not line.startswith("| "):
+            break
+        arch, size, params, layer, *marks = (c.strip() for c in line.strip().strip("|").split("|"))
+        if not params:  # not swept, or failed to build
+            continue
+        outcomes = {}
+        for method, mark in zip(methods, marks, strict=True):
+            if mark.startswith("✓"):
+                outcomes[method] = {"status": "ok", "seconds": float(mark[1:])}
+            elif mark == SYMBOL["blank"]:
+                outcomes[method] = {"status": "blank", "reason": "constant map"}
+            else:
+                status = "refused" if mark.startswith(SYMBOL["refused"]) else "crash"
+                outcomes[method] = {"status": status, "reason": reasons[mark[1:]]}
+        rows.append({
+            "arch": arch, "size": int(size), "params_m": float(params),
+            "layer": None if layer.strip("`") == "—" else layer.strip("`"), "methods": outcomes,
+            "commit": commit.group(1) if commit else "unknown",
+        })  # fmt: skip
+    return rows
 
 
 def timing_report(timings: dict[str, dict[str, float]], args: Any) -> str:
@@ -248,7 +296,7 @@ def _reason_key(reason: str) -> str:
     return reason.splitlines()[0][:240]
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help="comma-separated (default: all)")
     parser.add_argument(
@@ -267,20 +315,32 @@ def main() -> None:
     parser.add_argument(
         "--cached-only", action="store_true", help="report what the cache holds, sweep nothing"
     )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    archs = args.models.split(",") if args.models else tv.architectures()
-    if args.families:
-        archs = FAMILIES
-    known = set(explainer_names())
-    methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m in known]
-    args.cache.mkdir(parents=True, exist_ok=True)
+    parser.add_argument(
+        "--from-report", type=Path, help="fill the cache with this report's rows (not --models')"
+    )
+    return parser.parse_args()
+
+
+def seed_cache(report_file: Path, cache: Path, rerun: set[str]) -> None:
+    """The cache holds ``report_file``'s rows, except those of ``rerun`` (swept again)."""
+    for row in rows_from_report(report_file.read_text(encoding="utf-8")):
+        if row["arch"] not in rerun:
+            (cache / f"{row['arch']}.json").write_text(json.dumps(row))
+    for arch in rerun:
+        (cache / f"{arch}.json").unlink(missing_ok=True)
+
+
+def collect(
+    archs: list[str], methods: list[str], args: argparse.Namespace, sweep: set[str] | None = None
+) -> list[dict]:
+    """Every model's row: from the cache, or swept now (and cached) if it is in ``sweep``
+    (None: any)."""
     rows = []
     for arch in reversed(archs) if args.reverse else archs:
         cached = args.cache / f"{arch}.json"
         if cached.is_file():
             row = json.loads(cached.read_text())
-        elif args.cached_only:
+        elif args.cached_only or (sweep is not None and arch not in sweep):
             row = {"arch": arch, "size": SIZES.get(arch, args.size), "not_swept": True}
         else:
             row = sweep_model(arch, SIZES.get(arch, args.size), methods)
@@ -288,17 +348,38 @@ def main() -> None:
             gc.collect()
         print(arch, row.get("seconds", row.get("error")), flush=True)
         rows.append(row)
-    if args.reverse:
-        rows.reverse()
+    return rows[::-1] if args.reverse else rows
+
+
+def collect_timings(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """``--timing``: one model per family at 224 px (cached too)."""
     timings = {}
-    if args.timing:
-        for arch in FAMILIES:
-            cached = args.cache / f"timing-{arch}-{args.rise_masks}.json"
-            if not cached.is_file():
-                cached.write_text(json.dumps(timing(arch, args.rise_masks)))
-                gc.collect()
-            timings[arch] = json.loads(cached.read_text())
-            print(arch, timings[arch], flush=True)
+    for arch in FAMILIES:
+        cached = args.cache / f"timing-{arch}-{args.rise_masks}.json"
+        if not cached.is_file():
+            cached.write_text(json.dumps(timing(arch, args.rise_masks)))
+            gc.collect()
+        timings[arch] = json.loads(cached.read_text())
+        print(arch, timings[arch], flush=True)
+    return timings
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    archs = args.models.split(",") if args.models else tv.architectures()
+    if args.families:
+        archs = FAMILIES
+    known = set(explainer_names())
+    methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m in known]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    sweep = None
+    if args.from_report:  # the report's rows, and those of --models swept again
+        sweep = set(args.models.split(",")) - {""}
+        seed_cache(args.from_report, args.cache, sweep)
+        archs = tv.architectures()
+    rows = collect(archs, methods, args, sweep)
+    timings = collect_timings(args) if args.timing else {}
     text = report(rows, args)
     timed = timing_report(timings, args) if timings else ""
     if args.out:

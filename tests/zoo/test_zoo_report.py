@@ -1,0 +1,35 @@
+"""The compatibility matrix's report (``benchmarks/zoo.py``) reads back into the rows it was
+written from, so a sweep of a few models can refresh their rows in an earlier report."""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks.zoo import report, rows_from_report
+
+
+def test_a_report_reads_back_into_its_rows_and_says_which_commit_swept_which() -> None:
+    def row(arch: str, commit: str, lrp: dict) -> dict:
+        return {
+            "arch": arch, "size": 64, "params_m": 1.5, "layer": "features.3", "commit": commit,
+            "methods": {
+                "gradcam": {"status": "ok", "seconds": 0.25},
+                "gradcam_pp": {"status": "blank", "reason": "constant map"},
+                "lrp": lrp,
+            },
+        }  # fmt: skip
+
+    refused = {"status": "refused", "reason": "LRP: no rule for layer 'x' (Window)"}
+    crash = {"status": "crash", "reason": "RuntimeError: shapes"}
+    rows = [row("net_a", "abc1234", refused), row("net_b", "abc1234", crash)]
+    rows.append({"arch": "net_c", "size": 64, "not_swept": True})
+    args = argparse.Namespace(families=False, threads=1)
+    text = report(rows, args) + "\nRun on 2026-11-30 at commit abc1234.\n"
+    back = rows_from_report(text)
+    assert [r["arch"] for r in back] == ["net_a", "net_b"]  # the one not swept is left out
+    assert back[0]["methods"]["lrp"] == refused and back[1]["methods"]["lrp"] == crash
+    assert back[0]["methods"]["gradcam"] == {"status": "ok", "seconds": 0.25}
+    assert report([*back, rows[2]], args) == report(rows, args)  # the same matrix again
+    back[1]["commit"] = "def5678"
+    assert "* abc1234: 1 models (net_a)" in report(back, args)
+    assert "* def5678: 1 models (net_b)" in report(back, args)
