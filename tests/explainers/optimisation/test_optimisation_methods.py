@@ -76,6 +76,7 @@ def test_the_map_concentrates_on_the_region_the_target_depends_on(name: str) -> 
             "mask_sigma": 0.0,
             "sparsity_growth": 1.0,
             "keep_prediction": 0.0,
+            "jitter": 0,
         },
     ],
     ids=["defaults", "the-authors-code"],
@@ -259,7 +260,7 @@ def test_parameter_defaults_are_the_papers() -> None:
     )  # fmt: skip
     # the deviations from the authors' code (fill black, init 10, no mask blur), with reasons
     assert (nm.fill, nm.init_limit, nm.mask_sigma) == ("blur", 1.0, 4.0)
-    assert (nm.sparsity_growth, nm.keep_prediction) == (25.0, 0.25)
+    assert (nm.sparsity_growth, nm.keep_prediction, nm.jitter) == (25.0, 0.25, 8)
     assert not (mp.early_stop or ep.early_stop or nm.early_stop)
 
 
