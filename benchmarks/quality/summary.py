@@ -50,16 +50,20 @@ def row_record(row: Row) -> dict[str, Any]:
     return record
 
 
+RESULTS = ":(exclude)benchmarks/results"
+
+
 def current_commit() -> str:
-    """The checkout's commit, ``+changes`` when a tracked file differs from it (call it before
-    the run writes its own results)."""
+    """The checkout's commit, ``+changes`` when a tracked file outside ``benchmarks/results``
+    differs from it (results written by an earlier run are not code the run measures)."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
         return done.stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS)
+    return head + ("+changes" if changed else "")
 
 
 def save_scores(
