@@ -26,8 +26,9 @@ Results are cached per model in ``--cache`` (JSON), so a long sweep can be resum
 with a second process (``--reverse`` sweeps from the last model), or reported part-way
 (``--cached-only``: the models not swept yet are listed as such). ``--from-report`` fills the
 cache from an earlier report's rows (their cells: status, seconds, reason, and the commit its
-note names), so a change that concerns a few models reruns only those (delete nothing: the
-rows of ``--models`` are swept again) and the report says which commit swept which rows.
+note names), so a change that concerns a few models reruns only those (the rows of
+``--models`` are swept again, or only their ``--methods`` cells) and the report says which
+commit swept which rows and cells.
 """
 
 from __future__ import annotations
@@ -229,6 +230,7 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
     ]
     lines += [f"{n}. {text}" for text, n in sorted(reasons.items(), key=lambda kv: kv[1])]
     commits: dict[str, list[str]] = {}
+    reruns: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for row in swept:
         commits.setdefault(row.get("commit", "unknown"), []).append(row["arch"])
     if len(commits) > 1:
@@ -238,6 +240,13 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
             + (f" ({', '.join(archs)})" if len(archs) <= 10 else "")
             for commit, archs in commits.items()
         ]
+    for row in swept:
+        if "rerun" in row:
+            done = row["rerun"]
+            reruns.setdefault((done["commit"], tuple(done["methods"])), []).append(row["arch"])
+    for (commit, cells), archs in reruns.items():
+        what = f"The {', '.join(cells)} cells of {', '.join(archs)}"
+        lines += ["", f"{what} were swept again at {commit}."]
     return "\n".join(lines) + "\n"
 
 
@@ -322,12 +331,22 @@ def parse() -> argparse.Namespace:
 
 
 def seed_cache(report_file: Path, cache: Path, rerun: set[str]) -> None:
-    """The cache holds ``report_file``'s rows, except those of ``rerun`` (swept again)."""
+    """The cache holds ``report_file``'s rows; those of ``rerun`` (swept again) are kept aside
+    as ``<arch>.base.json``, for the cells a partial sweep (``--methods``) does not redo."""
     for row in rows_from_report(report_file.read_text(encoding="utf-8")):
-        if row["arch"] not in rerun:
-            (cache / f"{row['arch']}.json").write_text(json.dumps(row))
+        name = f"{row['arch']}.base.json" if row["arch"] in rerun else f"{row['arch']}.json"
+        (cache / name).write_text(json.dumps(row))
     for arch in rerun:
         (cache / f"{arch}.json").unlink(missing_ok=True)
+
+
+def merged(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """A partial sweep's ``row`` over the earlier ``base`` row: its cells replace the base's,
+    and the row says which cells were rerun at which commit."""
+    if "error" in row:
+        return row
+    rerun = {"commit": row.get("commit", "unknown"), "methods": list(row["methods"])}
+    return {**base, "methods": {**base["methods"], **row["methods"]}, "rerun": rerun}
 
 
 def collect(
@@ -344,6 +363,9 @@ def collect(
             row = {"arch": arch, "size": SIZES.get(arch, args.size), "not_swept": True}
         else:
             row = sweep_model(arch, SIZES.get(arch, args.size), methods)
+            base = args.cache / f"{arch}.base.json"
+            if base.is_file() and set(methods) < set(METHODS):
+                row = merged(row, json.loads(base.read_text()))
             cached.write_text(json.dumps(row))
             gc.collect()
         print(arch, row.get("seconds", row.get("error")), flush=True)

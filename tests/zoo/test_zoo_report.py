@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.zoo import report, rows_from_report
+from benchmarks.zoo import merged, report, rows_from_report
 
 
 def test_a_report_reads_back_into_its_rows_and_says_which_commit_swept_which() -> None:
@@ -33,3 +33,20 @@ def test_a_report_reads_back_into_its_rows_and_says_which_commit_swept_which() -
     back[1]["commit"] = "def5678"
     assert "* abc1234: 1 models (net_a)" in report(back, args)
     assert "* def5678: 1 models (net_b)" in report(back, args)
+
+
+def test_a_partial_sweep_replaces_its_cells_and_says_so() -> None:
+    base = {
+        "arch": "net", "size": 64, "params_m": 1.0, "layer": "x", "commit": "abc1234",
+        "methods": {
+            "gradcam": {"status": "ok", "seconds": 0.5},
+            "lrp": {"status": "refused", "reason": "LRP: no rule"},
+        },
+    }  # fmt: skip
+    again = {**base, "commit": "def5678", "methods": {"lrp": {"status": "ok", "seconds": 0.1}}}
+    row = merged(again, base)
+    assert row["methods"]["gradcam"] == base["methods"]["gradcam"]
+    assert row["methods"]["lrp"] == {"status": "ok", "seconds": 0.1}
+    text = report([row], argparse.Namespace(families=False, threads=1))
+    assert "The lrp cells of net were swept again at def5678." in text
+    assert "| net | 64 | 1.0 | `x` | ✓ 0.50 | ✓ 0.10 |" in text
