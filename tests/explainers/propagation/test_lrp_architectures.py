@@ -264,6 +264,23 @@ def test_a_torchvision_densenet_conserves_relevance() -> None:
     assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0
 
 
+def test_a_torchvision_shufflenet_conserves_relevance_through_its_channel_split() -> None:
+    """ShuffleNet v2 splits the channels in two (``chunk``), convolves one half, concatenates
+    and shuffles them: a split only routes values, so relevance follows it unchanged."""
+    from torchvision.models import ShuffleNetV2
+
+    torch.manual_seed(0)
+    model = ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 64], num_classes=CLASSES)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.fc.bias.data.zero_()
+    conserved(model, epsilon=1e-14)  # small logits: ε would take a visible share
+    relevance, _ = lrp_relevance(handle_for(model.float().eval()), images(2), torch.tensor([0, 3]))
+    assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0
+
+
 @pytest.mark.parametrize("act", [nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.ReLU6, nn.Tanh])
 def test_gated_activations_take_the_identity_rule_and_conserve_relevance(act: type) -> None:
     model = Head(nn.Sequential(Residual(8)), act=act)

@@ -3,11 +3,11 @@
 The modified-gradient form of LRP is exact when, between the ruled layers, the graph holds only
 operations whose gradient *is* their LRP rule: ReLU-type activations and max pooling (relevance
 passes to the active input), linear operations without a constant term (sums, means, average
-pooling, reshaping, concatenation, a LayerNorm's centring: Zennit's ``Norm``/``Pass``), and
-products with a constant (scaling, attention probabilities held constant). Any
-other operation (a sigmoid gate, a product of two activations, a functional convolution, an
-un-merged batch norm, a softmax in the model) would give a map that no Zennit composite defines,
-so the request is refused with the name of the operation instead.
+pooling, reshaping, concatenation and splits, cyclic shifts, a LayerNorm's centring: Zennit's
+``Norm``/``Pass``), and products with a constant (scaling, attention probabilities held
+constant). Any other operation (a sigmoid gate, a product of two activations, a functional
+convolution, an un-merged batch norm, a softmax in the model) would give a map that no Zennit
+composite defines, so the request is refused with the name of the operation instead.
 
 The same walk tells which ruled layers only ever see non-negative inputs (fed by a ReLU, possibly
 through pooling, sums and reshapes), so the cheaper form of their rule applies, and checks that
@@ -58,6 +58,8 @@ SIGN_KEEPING = frozenset(
         "AsStridedBackward1",
         "AliasBackward0",  # x[:, 0:], a full slice
         "RollBackward0",  # Swin's cyclic shift of its windows
+        "SplitBackward0",  # x.chunk(2, dim=1): ShuffleNet's two branches
+        "SplitWithSizesBackward0",
     }
 )
 """Linear, constant-free operations: gradient = LRP rule; non-negative in, non-negative out."""
