@@ -229,11 +229,12 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
         "",
     ]
     lines += [f"{n}. {text}" for text, n in sorted(reasons.items(), key=lambda kv: kv[1])]
+    lines += [] if reasons else ["none: every method ran on every model swept."]
     commits: dict[str, list[str]] = {}
     reruns: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for row in swept:
         commits.setdefault(row.get("commit", "unknown"), []).append(row["arch"])
-    if len(commits) > 1:
+    if set(commits) - {"unknown"}:
         lines += ["", "Rows swept at each commit:", ""]
         lines += [
             f"* {commit}: {len(archs)} models"
