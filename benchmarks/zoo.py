@@ -259,6 +259,18 @@ def rows_from_report(text: str) -> list[dict[str, Any]]:
     methods = [cell.strip() for cell in lines[header].strip().strip("|").split("|")][4:]
     reasons = dict(re.findall(r"^(\d+)\. (.*)$", text.split("\nReasons:\n", 1)[-1], re.M))
     commit = re.search(r"at commit ([0-9a-f]{7,40})", text)
+    default, commits = commit.group(1) if commit else "unknown", {}
+    for sha, names in re.findall(r"^\* ([0-9a-f]{7,40}): \d+ models(?: \((.*)\))?$", text, re.M):
+        if names:
+            commits |= dict.fromkeys(names.split(", "), sha)
+        else:  # the list names the models of the smaller groups only
+            default = sha
+    reruns = {}
+    for cells, archs, sha in re.findall(
+        r"^The (.+) cells of (.+) were swept again at ([0-9a-f]{7,40})\.$", text, re.M
+    ):
+        done = {"commit": sha, "methods": cells.split(", ")}
+        reruns |= {arch: dict(done) for arch in archs.split(", ")}
     rows = []
     for line in lines[header + 2 :]:
         if not line.startswith("| "):
@@ -278,7 +290,8 @@ def rows_from_report(text: str) -> list[dict[str, Any]]:
         rows.append({
             "arch": arch, "size": int(size), "params_m": float(params),
             "layer": None if layer.strip("`") == "—" else layer.strip("`"), "methods": outcomes,
-            "commit": commit.group(1) if commit else "unknown",
+            "commit": commits.get(arch, default),
+            **({"rerun": reruns[arch]} if arch in reruns else {}),
         })  # fmt: skip
     return rows
 

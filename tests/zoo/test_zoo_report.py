@@ -33,6 +33,7 @@ def test_a_report_reads_back_into_its_rows_and_says_which_commit_swept_which() -
     back[1]["commit"] = "def5678"
     assert "* abc1234: 1 models (net_a)" in report(back, args)
     assert "* def5678: 1 models (net_b)" in report(back, args)
+    assert rows_from_report(report(back, args)) == back  # the commits read back too
 
 
 def test_a_partial_sweep_replaces_its_cells_and_says_so() -> None:
@@ -49,4 +50,7 @@ def test_a_partial_sweep_replaces_its_cells_and_says_so() -> None:
     assert row["methods"]["lrp"] == {"status": "ok", "seconds": 0.1}
     text = report([row], argparse.Namespace(families=False, threads=1))
     assert "The lrp cells of net were swept again at def5678." in text
+    back = rows_from_report(text)
+    assert back[0]["commit"] == "abc1234" and back[0]["rerun"] == row["rerun"]
+    assert report(back, argparse.Namespace(families=False, threads=1)) == text
     assert "| net | 64 | 1.0 | `x` | ✓ 0.50 | ✓ 0.10 |" in text
