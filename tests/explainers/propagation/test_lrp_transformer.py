@@ -13,7 +13,8 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from workers.explainers import ExplainerError, get_explainer
 from workers.explainers.base import ModelHandle
-from workers.explainers.propagation.lrp_plan import COMPOSITE_NAMES
+from workers.explainers.propagation.lrp_plan import COMPOSITE_NAMES, plan_for
+from workers.explainers.propagation.lrp_transformer import is_attention
 
 SIZE = 32
 lrp = get_explainer("lrp")
@@ -368,3 +369,7 @@ def test_window_attention_conserves_relevance_where_no_bias_takes_a_share(kind: 
     torch.testing.assert_close(totals, logits, rtol=1e-4, atol=1e-6)
     assert logits.abs().max() > 1e-3
     assert not any("forward" in m.__dict__ for m in model.modules())  # nothing left patched
+    # the projections are ruled inside the attention's forward, not again as layers
+    plan = plan_for(model, "epsilon", 1e-12, (0.5,) * 3, (0.25,) * 3)
+    blocks = [name for name, module in model.named_modules() if is_attention(module)]
+    assert blocks and not [r for r in plan.rules if any(r.startswith(f"{b}.") for b in blocks)]

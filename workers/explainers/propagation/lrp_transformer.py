@@ -110,9 +110,8 @@ def _hf_classes() -> dict[str, type]:
 def is_attention(module: nn.Module) -> bool:
     """Whether ``module`` is an attention block whose projections are ruled in its forward."""
     kinds = [timm_types().get("attention"), hf_types().get("attention")]
-    return (
-        isinstance(module, nn.MultiheadAttention | ShiftedWindowAttention) or type(module) in kinds
-    )
+    windowed = (ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
+    return isinstance(module, (nn.MultiheadAttention, *windowed)) or type(module) in kinds
 
 
 def is_transformer_module(module: nn.Module) -> bool:
