@@ -232,8 +232,6 @@ def hugging_face_twin(model: VisionTransformer) -> nn.Module:
         intermediate_size=32, num_labels=5, layer_norm_eps=1e-6, qkv_bias=True,
     )  # fmt: skip
     twin = transformers.ViTForImageClassification(config).double()
-    if "vit.layers.0.attention.q_proj.weight" not in twin.state_dict():
-        pytest.skip("this test maps transformers 5's ViT layout")
     state = model.state_dict()
     mapped = {
         "vit.embeddings.cls_token": state["class_token"],
@@ -245,19 +243,30 @@ def hugging_face_twin(model: VisionTransformer) -> nn.Module:
         "classifier.weight": state["heads.head.weight"],
         "classifier.bias": state["heads.head.bias"],
     }
+    version_4 = "vit.encoder.layer.0.attention.attention.query.weight" in twin.state_dict()
     for i in range(2):
-        ours, theirs = f"vit.layers.{i}.", f"encoder.layers.encoder_layer_{i}."
+        theirs = f"encoder.layers.encoder_layer_{i}."
+        if version_4:  # transformers 4: ViTSelfAttention, ViTSelfOutput, intermediate, output
+            ours = f"vit.encoder.layer.{i}."
+            names = ("attention.attention.query", "attention.attention.key",
+                     "attention.attention.value", "attention.output.dense",
+                     "intermediate.dense", "output.dense")  # fmt: skip
+        else:
+            ours = f"vit.layers.{i}."
+            names = ("attention.q_proj", "attention.k_proj", "attention.v_proj",
+                     "attention.o_proj", "mlp.fc1", "mlp.fc2")  # fmt: skip
+        q_name, k_name, v_name, o_name, fc1, fc2 = names
         for kind in ("weight", "bias"):
             q, k, v = state[f"{theirs}self_attention.in_proj_{kind}"].chunk(3)
             mapped |= {
-                f"{ours}attention.q_proj.{kind}": q,
-                f"{ours}attention.k_proj.{kind}": k,
-                f"{ours}attention.v_proj.{kind}": v,
-                f"{ours}attention.o_proj.{kind}": state[f"{theirs}self_attention.out_proj.{kind}"],
+                f"{ours}{q_name}.{kind}": q,
+                f"{ours}{k_name}.{kind}": k,
+                f"{ours}{v_name}.{kind}": v,
+                f"{ours}{o_name}.{kind}": state[f"{theirs}self_attention.out_proj.{kind}"],
                 f"{ours}layernorm_before.{kind}": state[f"{theirs}ln_1.{kind}"],
                 f"{ours}layernorm_after.{kind}": state[f"{theirs}ln_2.{kind}"],
-                f"{ours}mlp.fc1.{kind}": state[f"{theirs}mlp.0.{kind}"],
-                f"{ours}mlp.fc2.{kind}": state[f"{theirs}mlp.3.{kind}"],
+                f"{ours}{fc1}.{kind}": state[f"{theirs}mlp.0.{kind}"],
+                f"{ours}{fc2}.{kind}": state[f"{theirs}mlp.3.{kind}"],
             }
     twin.load_state_dict(mapped)
     return HuggingFaceClassifier(twin.eval()).eval()

@@ -28,8 +28,9 @@ Supported: ``torch.nn.MultiheadAttention`` used as self-attention without masks,
 ``torch.nn.LayerNorm`` over one dimension, torchvision's ``VisionTransformer`` (ViT-B/16 …,
 class token and positional embedding) and ConvNeXt, and timm's ``VisionTransformer`` (ViT,
 DeiT, register tokens, average pooling, layer scale; its ``Attention`` on either the fused or
-the plain path), and Hugging Face's ``ViTForImageClassification`` (transformers 5's
-layout); both tested to give the same maps as the same network built by torchvision.
+the plain path), and Hugging Face's ``ViTForImageClassification`` (transformers 5's layout
+and transformers 4's); both tested to give the same maps as the same network built by
+torchvision (transformers 4 by the same test run against 4.57, outside the suite).
 Window attention, torchvision's Swin v1 / v2 and MaxViT, is self-attention within each window:
 cutting the map into (shifted) windows only moves tokens, and the relative position bias, the
 shift mask and Swin v2's cosine logits with their learnt scale only change the probabilities,
@@ -83,7 +84,9 @@ def timm_types() -> dict[str, type]:
 
 def hf_types() -> dict[str, type]:
     """Hugging Face's ViT embedding and attention classes and its GELU module, if transformers
-    is loaded (transformers 5's ViT: ``ViTAttention`` with ``q_proj`` … ``o_proj``)."""
+    is loaded: transformers 5's ``ViTAttention`` (``q_proj`` … ``o_proj``), or transformers 4's
+    ``ViTSelfAttention`` (``query``, ``key``, ``value``; the output projection is the dense
+    layer of the ``ViTSelfOutput`` after it, an ordinary layer)."""
     return _hf_classes() if "transformers" in sys.modules else {}
 
 
@@ -102,14 +105,26 @@ def _timm_classes() -> dict[str, type]:
 def _hf_classes() -> dict[str, type]:
     """Looked up once (a plan asks for every module of the model)."""
     from transformers.activations import GELUActivation
-    from transformers.models.vit.modeling_vit import ViTAttention, ViTEmbeddings
+    from transformers.models.vit import modeling_vit as vit
 
-    return {"attention": ViTAttention, "embeddings": ViTEmbeddings, "gelu": GELUActivation}
+    classes = {"embeddings": vit.ViTEmbeddings, "gelu": GELUActivation}
+    if hasattr(vit, "ViTSelfAttention"):  # transformers 4
+        classes["self_attention"] = vit.ViTSelfAttention
+        if hasattr(vit, "ViTSdpaSelfAttention"):  # 4.40–4.47: the SDPA path, a subclass
+            classes["sdpa_self_attention"] = vit.ViTSdpaSelfAttention
+    else:
+        classes["attention"] = vit.ViTAttention
+    return classes
+
+
+HF_ATTENTION = ("attention", "self_attention", "sdpa_self_attention")
+"""The keys of :func:`hf_types` that are attention blocks."""
 
 
 def is_attention(module: nn.Module) -> bool:
     """Whether ``module`` is an attention block whose projections are ruled in its forward."""
-    kinds = [timm_types().get("attention"), hf_types().get("attention")]
+    hf = hf_types()
+    kinds = [timm_types().get("attention"), *(hf.get(k) for k in HF_ATTENTION)]
     windowed = (ShiftedWindowAttention, RelativePositionalMultiHeadAttention)
     return isinstance(module, (nn.MultiheadAttention, *windowed)) or type(module) in kinds
 
@@ -427,6 +442,25 @@ def hf_attention_forward(name: str, attention: nn.Module, epsilon: float) -> Rep
     return "forward", forward, [value, output]
 
 
+def hf_self_attention_forward(name: str, attention: nn.Module, epsilon: float) -> Replacement:
+    """transformers 4's ``ViTSelfAttention`` with constant probabilities; ε-rule on ``value``
+    (the output projection that follows is a layer of its own, ruled as any other)."""
+    heads, v = attention.num_attention_heads, attention.value
+    value = _epsilon(f"{name}.value", "linear", v.weight, v.bias, epsilon)
+
+    def qk(x: Tensor) -> tuple[Tensor, Tensor]:
+        return _heads(attention.query(x), heads), _heads(attention.key(x), heads)
+
+    def forward(
+        hidden_states: Tensor, head_mask: Tensor | None = None, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, None]:
+        if head_mask is not None:
+            raise ExplainerError(f"LRP: attention {name!r} with a head mask is not supported")
+        return mix(hidden_states, qk, value, heads), None
+
+    return "forward", forward, [value]
+
+
 def hf_embeddings_forward(name: str, embeddings: nn.Module, epsilon: float) -> Replacement:
     """Hugging Face's ``ViTEmbeddings``: the [CLS] token a constant input, the positional
     embedding a bias."""
@@ -530,6 +564,8 @@ def transformer_forward(name: str, module: nn.Module, epsilon: float) -> Replace
         timm.get("layer_scale"): layer_scale_forward,
         timm.get("vit"): timm_position_forward,
         hf.get("attention"): hf_attention_forward,
+        hf.get("self_attention"): hf_self_attention_forward,
+        hf.get("sdpa_self_attention"): hf_self_attention_forward,
         hf.get("embeddings"): hf_embeddings_forward,
     }
     make = library.get(type(module))
