@@ -136,6 +136,23 @@ def test_a_group_gives_each_image_its_own_mask(name: str) -> None:
     torch.testing.assert_close(together, chunked, atol=1e-6, rtol=0)
 
 
+def test_neuromask_jitter_is_seeded_and_the_same_alone_or_in_a_group() -> None:
+    """The jitter's shifts come from the seed, the same for every row of a group (float64)."""
+    handle = region_handle("brightness", torch.float64)
+    inputs = square_inputs(2, seed=4, dtype=torch.float64)
+    kw: dict[str, Any] = {"iterations": 30, "jitter": 40}  # 40 px at 224: 9 px at 48 px
+    together = explain("neuromask", handle, inputs, TARGETS, seed=1, **kw).saliency
+    alone = torch.cat(
+        [explain("neuromask", handle, inputs[i : i + 1], TARGETS[i : i + 1], seed=1, **kw).saliency
+         for i in range(2)]
+    )  # fmt: skip
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    other = explain("neuromask", handle, inputs, TARGETS, seed=2, **kw).saliency
+    fixed = explain("neuromask", handle, inputs, TARGETS, seed=1, iterations=30).saliency
+    assert not torch.allclose(together, fixed, atol=1e-3)  # the shifts change the masks
+    assert not torch.allclose(together, other, atol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["meaningful_perturbation", "extremal_perturbation"])
 def test_a_group_matches_alone_in_float32_too(name: str) -> None:
     handle, inputs = region_handle("brightness"), square_inputs(2, seed=2)
@@ -260,7 +277,7 @@ def test_parameter_defaults_are_the_papers() -> None:
     )  # fmt: skip
     # the deviations from the authors' code (fill black, init 10, no mask blur), with reasons
     assert (nm.fill, nm.init_limit, nm.mask_sigma) == ("blur", 1.0, 4.0)
-    assert (nm.sparsity_growth, nm.keep_prediction, nm.jitter) == (25.0, 0.25, 8)
+    assert (nm.sparsity_growth, nm.keep_prediction, nm.jitter) == (25.0, 0.25, 0)
     assert not (mp.early_stop or ep.early_stop or nm.early_stop)
 
 
