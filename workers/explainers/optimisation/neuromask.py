@@ -98,7 +98,7 @@ the fill alone (when the weight grows), then ``iterations`` × (F + B) per image
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -257,6 +257,9 @@ def neuromask(
         start = (2 * draw - 1).to(inputs.device, dtype) * init_limit
         masks = torch.empty(batch, 1, *size, device=inputs.device, dtype=dtype)
         steps = torch.empty(batch, dtype=torch.long, device=inputs.device)
+        if shift:  # the jitter crops shifted windows out of the padded images
+            display = F.pad(display, (shift,) * 4, mode="replicate")
+            hidden = F.pad(hidden, (shift,) * 4, mode="replicate")
         chunks = list(iter_chunks(batch, max_batch_size or 64))
         for index, rows in enumerate(chunks):
             count = rows.stop - rows.start
@@ -273,15 +276,9 @@ def neuromask(
                 growths[rows],
                 floors[rows] if floors is not None else None,
                 torch.zeros(count, 1, *size, device=inputs.device, dtype=dtype),
+                shift,
+                torch.Generator().manual_seed(seed) if shift else None,  # per chunk, as alone
             )
-            if shift:
-                objective = replace(
-                    objective,
-                    display=F.pad(objective.display, (shift,) * 4, mode="replicate"),
-                    hidden=F.pad(objective.hidden, (shift,) * 4, mode="replicate"),
-                    jitter=shift,
-                    generator=torch.Generator().manual_seed(seed),
-                )
             init = start.expand(count, -1, -1, -1)
             report = progress_reporter(progress, index, iterations, len(chunks))
             outcome = minimise(objective.loss, init, optimiser, budget, on_step=report)
