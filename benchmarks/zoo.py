@@ -231,7 +231,6 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
     lines += [f"{n}. {text}" for text, n in sorted(reasons.items(), key=lambda kv: kv[1])]
     lines += [] if reasons else ["none: every method ran on every model swept."]
     commits: dict[str, list[str]] = {}
-    reruns: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for row in swept:
         commits.setdefault(row.get("commit", "unknown"), []).append(row["arch"])
     if set(commits) - {"unknown"}:
@@ -241,6 +240,7 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
             + (f" ({', '.join(archs)})" if len(archs) <= 10 else "")
             for commit, archs in commits.items()
         ]
+    reruns: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for row in swept:
         if "rerun" in row:
             done = row["rerun"]
