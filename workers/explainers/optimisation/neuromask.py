@@ -92,6 +92,18 @@ tried and not kept: the mask blur with the border mirrored instead of replicated
 pixel of ``W`` has the same total weight in the mask): on ``shapes_residual`` jitter 0: 95.8 % /
 0.82 / 0.219, 8: 95.8 % / 0.85 / 0.214; on the three missed 224 px scenes it hit none.
 
+Why those three miss (224 px model, held-out scenes 0, 2 and 17; target probability of the clean
+image p_x, of the blurred fill alone p_0, of the object alone on the fill, of the object dilated
+by 16 px, of NeuroMask's mask): scene 0: 0.62, 0.20, 0.23, 0.42, 0.46; scene 2: 0.54, 0.22,
+0.29, 0.27, **0.79**; scene 17: 0.94, 0.19, 0.84, 0.93, 0.87. On scenes 0 and 2 the object,
+even with 16 px of its surroundings, keeps little of the prediction on this fill, so the
+preservation game has no object-shaped answer; on scene 2 the mask keeps 1.2 % of the image,
+none of it on the object, and the model is surer of that than of the whole image. A
+``keep_prediction`` of 0.5 returns the same three masks (they hold more than either floor).
+Extremal perturbation, whose masks are smooth at a 21 px scale, points at the object on all 24.
+Still open: a preservation objective that cannot buy more confidence than the image has
+(capped at p_x), or a coarser mask at 224 px only.
+
 Saliency: the chosen ``m`` (high = kept). Cost: one clean pass (the prediction), one pass of
 the fill alone (when the weight grows), then ``iterations`` × (F + B) per image.
 """
