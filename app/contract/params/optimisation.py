@@ -325,6 +325,13 @@ class NeuroMaskParams(OptimisationParams, SeedParams):
         "pixel-exact fragments off the object. 0 = the paper's fixed alignment (default: "
         "8 helped on one evaluation model and not on the others, see the module docstring).",
     )
+    cap_prediction: bool = Field(
+        False,
+        description="The prediction term stops rewarding a mask once the masked image is as "
+        "confident as the clean image (max(0, CE − CE_clean)), so a mask cannot buy more "
+        "confidence than the image has with a few pixels off the object. Off: the paper's "
+        "plain cross-entropy (the default for now; figures in the module docstring).",
+    )
 
     def passes(self, model: ModelInfo) -> Passes:
         """The clean pass, the fill's alone (when the weight grows), then a forward and backward

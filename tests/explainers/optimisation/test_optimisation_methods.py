@@ -153,6 +153,40 @@ def test_neuromask_jitter_is_seeded_and_the_same_alone_or_in_a_group() -> None:
     assert not torch.allclose(together, other, atol=1e-3)
 
 
+def test_neuromask_capped_prediction_term_is_max_zero_ce_minus_the_clean_ce() -> None:
+    """With ``cap_prediction`` the prediction term is ``λ_pred · max(0, CE − CE_x)`` per row (known
+    answer against the plain objective on the same ``W``, one row above its ceiling and one
+    below), and the method is still the same alone or in a group."""
+    from workers.explainers.optimisation.filters import laplacian_kernel
+    from workers.explainers.optimisation.neuromask import _Objective
+
+    handle = region_handle("brightness", torch.float64)
+    inputs = square_inputs(2, seed=4, dtype=torch.float64)
+    display = handle.to_display(inputs)
+    kernel = laplacian_kernel(5, device=torch.device("cpu"), dtype=torch.float64)
+    plain = _Objective(
+        handle, display, torch.zeros_like(display), TARGETS, kernel, 0.3, 10.0, (50.0, 16.0, 3.0),
+        0.0, torch.ones(2, dtype=torch.float64), None, torch.zeros_like(display[:, :1]),
+    )  # fmt: skip
+    w = torch.randn(2, 1, 48, 48, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows = torch.arange(2)
+    shown = handle.from_display(display * plain.mask(w))  # the hidden image is black
+    ce = torch.nn.functional.cross_entropy(handle.model(shown), TARGETS, reduction="none")
+    ceiling = torch.stack([ce[0] - 0.5, ce[1] + 0.5])  # row 0 above its ceiling, row 1 below
+    capped = _Objective(**{**plain.__dict__, "ceiling": ceiling})
+    difference = capped.loss(w, rows, 0) - plain.loss(w, rows, 0)
+    expected = 50.0 * (torch.stack([torch.tensor(0.5, dtype=torch.float64), ce[1] * 0]) - ce)
+    torch.testing.assert_close(difference, expected.detach(), atol=1e-9, rtol=0)
+
+    kw: dict[str, Any] = {"iterations": 30, "cap_prediction": True}
+    together = explain("neuromask", handle, inputs, TARGETS, seed=1, **kw).saliency
+    alone = torch.cat(
+        [explain("neuromask", handle, inputs[i : i + 1], TARGETS[i : i + 1], seed=1, **kw).saliency
+         for i in range(2)]
+    )  # fmt: skip
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["meaningful_perturbation", "extremal_perturbation"])
 def test_a_group_matches_alone_in_float32_too(name: str) -> None:
     handle, inputs = region_handle("brightness"), square_inputs(2, seed=2)
