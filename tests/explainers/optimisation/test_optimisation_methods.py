@@ -136,17 +136,23 @@ def test_a_group_gives_each_image_its_own_mask(name: str) -> None:
     torch.testing.assert_close(together, chunked, atol=1e-6, rtol=0)
 
 
+def neuromask_same_alone_or_in_a_group(handle: ModelHandle, inputs: Tensor, **kw: Any) -> Tensor:
+    """NeuroMask's maps of ``inputs`` in one call, checked equal to each image's alone."""
+    together = explain("neuromask", handle, inputs, TARGETS, **kw).saliency
+    alone = torch.cat(
+        [explain("neuromask", handle, inputs[i : i + 1], TARGETS[i : i + 1], **kw).saliency
+         for i in range(inputs.shape[0])]
+    )  # fmt: skip
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    return together
+
+
 def test_neuromask_jitter_is_seeded_and_the_same_alone_or_in_a_group() -> None:
     """The jitter's shifts come from the seed, the same for every row of a group (float64)."""
     handle = region_handle("brightness", torch.float64)
     inputs = square_inputs(2, seed=4, dtype=torch.float64)
     kw: dict[str, Any] = {"iterations": 30, "jitter": 40}  # 40 px at 224: 9 px at 48 px
-    together = explain("neuromask", handle, inputs, TARGETS, seed=1, **kw).saliency
-    alone = torch.cat(
-        [explain("neuromask", handle, inputs[i : i + 1], TARGETS[i : i + 1], seed=1, **kw).saliency
-         for i in range(2)]
-    )  # fmt: skip
-    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    together = neuromask_same_alone_or_in_a_group(handle, inputs, seed=1, **kw)
     other = explain("neuromask", handle, inputs, TARGETS, seed=2, **kw).saliency
     fixed = explain("neuromask", handle, inputs, TARGETS, seed=1, iterations=30).saliency
     assert not torch.allclose(together, fixed, atol=1e-3)  # the shifts change the masks
@@ -178,13 +184,7 @@ def test_neuromask_capped_prediction_term_is_max_zero_ce_minus_the_clean_ce() ->
     expected = 50.0 * (torch.stack([torch.tensor(0.5, dtype=torch.float64), ce[1] * 0]) - ce)
     torch.testing.assert_close(difference, expected.detach(), atol=1e-9, rtol=0)
 
-    kw: dict[str, Any] = {"iterations": 30, "cap_prediction": True}
-    together = explain("neuromask", handle, inputs, TARGETS, seed=1, **kw).saliency
-    alone = torch.cat(
-        [explain("neuromask", handle, inputs[i : i + 1], TARGETS[i : i + 1], seed=1, **kw).saliency
-         for i in range(2)]
-    )  # fmt: skip
-    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    neuromask_same_alone_or_in_a_group(handle, inputs, iterations=30, cap_prediction=True)
 
 
 @pytest.mark.parametrize("name", ["meaningful_perturbation", "extremal_perturbation"])
