@@ -7,6 +7,7 @@ Settings are scaled to 48 px and tens to hundreds of iterations (named per metho
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -179,9 +180,10 @@ def test_neuromask_capped_prediction_term_is_max_zero_ce_minus_the_clean_ce() ->
     shown = handle.from_display(display * plain.mask(w))  # the hidden image is black
     ce = torch.nn.functional.cross_entropy(handle.model(shown), TARGETS, reduction="none")
     ceiling = torch.stack([ce[0] - 0.5, ce[1] + 0.5])  # row 0 above its ceiling, row 1 below
-    capped = _Objective(**{**plain.__dict__, "ceiling": ceiling})
+    capped = replace(plain, ceiling=ceiling)
     difference = capped.loss(w, rows, 0) - plain.loss(w, rows, 0)
-    expected = 50.0 * (torch.stack([torch.tensor(0.5, dtype=torch.float64), ce[1] * 0]) - ce)
+    capped_term = torch.tensor([0.5, 0.0], dtype=torch.float64)  # max(0, CE − ceiling)
+    expected = 50.0 * (capped_term - ce)
     torch.testing.assert_close(difference, expected.detach(), atol=1e-9, rtol=0)
 
     neuromask_same_alone_or_in_a_group(handle, inputs, iterations=30, cap_prediction=True)
