@@ -326,17 +326,18 @@ class NeuroMaskParams(OptimisationParams, SeedParams):
         "8 helped on one evaluation model and not on the others, see the module docstring).",
     )
     cap_prediction: bool = Field(
-        False,
+        True,
         description="The prediction term stops rewarding a mask once the masked image is as "
         "confident as the clean image (max(0, CE − CE_clean)), so a mask cannot buy more "
-        "confidence than the image has with a few pixels off the object. Off: the paper's "
-        "plain cross-entropy (the default for now; figures in the module docstring).",
+        "confidence than the image has with a few pixels off the object. False: the paper's "
+        "plain cross-entropy (figures in the module docstring).",
     )
 
     def passes(self, model: ModelInfo) -> Passes:
-        """The clean pass, the fill's alone (when the weight grows), then a forward and backward
-        per iteration."""
-        fill_pass = 1 if self.keep_prediction > 0 and self.sparsity_growth > 1 else 0
+        """The clean pass, the fill's alone (when the weight grows or the cap is on), then a
+        forward and backward per iteration."""
+        ramps = self.keep_prediction > 0 and self.sparsity_growth > 1
+        fill_pass = 1 if ramps or self.cap_prediction else 0
         return Passes(1 + fill_pass + self.iterations, self.iterations)
 
     def check_model(self, model: ModelInfo) -> None:

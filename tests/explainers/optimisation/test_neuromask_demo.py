@@ -17,7 +17,7 @@ MODELS_FILE = Path(__file__).resolve().parents[3] / "benchmarks" / "quality" / "
 
 CODE_SETTING = {
     "fill": "black", "init_limit": 10.0, "mask_sigma": 0.0, "sparsity_growth": 1.0,
-    "keep_prediction": 0.0, "jitter": 0,
+    "keep_prediction": 0.0, "jitter": 0, "cap_prediction": False,
 }  # fmt: skip
 
 
@@ -55,7 +55,7 @@ def test_a_growing_sparsity_weight_drops_the_margin_around_small_objects() -> No
         handle, inputs, labels, iterations=500, sparsity_growth=1.0, keep_prediction=0.0
     ).saliency
     kept, kept_constant = (grown > 0.5).flatten(1).sum(1), (constant > 0.5).flatten(1).sum(1)
-    assert (kept < 0.3 * kept_constant).all()  # 179–358 px against 1095–2685 px
+    assert (kept < 0.4 * kept_constant).all()  # 168–422 px against 646–2592 px
     assert (masks.flatten(1).sum(1) < kept_constant).all()  # the margin: more than the object
     assert pointing_game(grown, masks).sum() >= 5
     boxes = boxes_to_masks(scenes.boxes, (112, 112))

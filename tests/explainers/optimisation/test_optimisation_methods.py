@@ -29,6 +29,8 @@ from tests.explainers.optimisation.optimisation_models import (
 from workers.explainers import Cancelled, Explanation, ModelHandle, get_explainer
 from workers.explainers.optimisation.extremal_perturbation import geometry
 from workers.explainers.optimisation.meaningful_perturbation import geometry as mp_geometry
+from workers.explainers.optimisation.neuromask import MIN_EVIDENCE, prediction_floors
+from workers.explainers.perturbation.engine import blur_fill
 
 FAST: dict[str, dict[str, Any]] = {
     # 28×28 cells at 224 px is 8 px a cell; at 48 px a 12×12 grid, blurs scaled down.
@@ -78,6 +80,7 @@ def test_the_map_concentrates_on_the_region_the_target_depends_on(name: str) -> 
             "sparsity_growth": 1.0,
             "keep_prediction": 0.0,
             "jitter": 0,
+            "cap_prediction": False,
         },
     ],
     ids=["defaults", "the-authors-code"],
@@ -187,6 +190,21 @@ def test_neuromask_capped_prediction_term_is_max_zero_ce_minus_the_clean_ce() ->
     torch.testing.assert_close(difference, expected.detach(), atol=1e-9, rtol=0)
 
     neuromask_same_alone_or_in_a_group(handle, inputs, iterations=30, cap_prediction=True)
+
+
+def test_neuromask_does_not_cap_the_prediction_term_where_the_fill_alone_holds_it() -> None:
+    """On the brightness model the blurred fill keeps each square's brightness, so the image
+    adds almost nothing to its fill's probability: a capped term would be zero from the first
+    step and the sparsity term would erase the mask. There the term stays the plain CE."""
+    handle, inputs = region_handle("brightness", torch.float64), square_inputs(2, seed=4)
+    inputs = inputs.to(torch.float64)
+    hidden = blur_fill(handle.to_display(inputs))
+    logits = handle.model(inputs)
+    _, evident = prediction_floors(handle, hidden, logits, TARGETS, 0.25, 2)
+    assert not evident.any(), f"the fill alone must hold it (evidence < {MIN_EVIDENCE})"
+    capped = explain("neuromask", handle, inputs, TARGETS, iterations=60, cap_prediction=True)
+    plain = explain("neuromask", handle, inputs, TARGETS, iterations=60, cap_prediction=False)
+    torch.testing.assert_close(capped.saliency, plain.saliency, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["meaningful_perturbation", "extremal_perturbation"])
@@ -314,6 +332,7 @@ def test_parameter_defaults_are_the_papers() -> None:
     # the deviations from the authors' code (fill black, init 10, no mask blur), with reasons
     assert (nm.fill, nm.init_limit, nm.mask_sigma) == ("blur", 1.0, 4.0)
     assert (nm.sparsity_growth, nm.keep_prediction, nm.jitter) == (25.0, 0.25, 0)
+    assert nm.cap_prediction  # the paper's plain cross-entropy rewards adversarial masks
     assert not (mp.early_stop or ep.early_stop or nm.early_stop)
 
 
