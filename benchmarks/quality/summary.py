@@ -139,7 +139,13 @@ def summary(runs: list[dict[str, Any]], links: str = "") -> str:
         failing += [name] if not all(meets for _, meets in cells) else []
     runs_text = "; ".join(
         f"`{r['model']}` {r['date']} at {r['commit']} ({r['minutes']:.0f} min, "
-        f"{r['threads']} threads, top-1 {100 * r['accuracy']:.1f} %)"
+        f"{r['threads']} threads, top-1 {100 * r['accuracy']:.1f} %"
+        + "".join(
+            f", `{row['name']}` rerun alone at {row['commit']} {row['date']}"
+            for row in r["rows"]
+            if "commit" in row
+        )
+        + ")"
         for r in runs
     )
     verdict = (
