@@ -12,7 +12,10 @@ gateway; :mod:`benchmarks.stack`) serving the demo model and measures, through H
    every forward pass: the finished jobs' ``meta.forward_passes`` plus the long job's progress)
    against the model's forward-pass floor (rows per second of full batches of 64, measured in
    this process on one thread, as the worker runs, before and after the stack runs: the
-   better of the two, since the machine is shared).
+   better of the two, since the machine is shared). The floor ignores each method's work
+   besides the model, so the same rows are also costed at each method's own rate (rows per
+   second of its compute alone, from phase 1): the time they would take run one by one,
+   against the window's (1.00: scheduling them side by side costs nothing).
 
 The clients run at ``nice 10`` (the service at normal priority): on a machine of few cores
 they would otherwise slow down the service they measure.
@@ -125,9 +128,9 @@ def idle_phase(url: str, count: int) -> tuple[dict[str, list[float]], dict[str, 
 
 def load_phase(
     url: str, clients: int, seconds: float
-) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]], float]:
-    """``total_ms`` and (``queued_ms``, ``compute_ms``) per method under load, and the worker's
-    evaluations per second.
+) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]], dict[str, float], float]:
+    """``total_ms`` and (``queued_ms``, ``compute_ms``) per method under load, the rows each
+    method put through the model in the window, and the window's length in seconds.
 
     Clients submit (``wait=0``) and poll; at the deadline every job seen is read once, and its
     rows so far are counted (finished: all; running: by progress).
@@ -171,15 +174,16 @@ def load_phase(
         time.sleep(max(0.0, deadline - time.monotonic()))
         with lock:
             jobs = [*seen, ("rise", long_job["job_id"])]
-        rows = 0.0
+        rows = dict.fromkeys(MIX, 0.0)
         for method, job_id in jobs:
             state = control.get(f"/v1/jobs/{job_id}", params={"heatmap_data": "false"}).json()
-            rows += evaluations(state, method, LONG if job_id == long_job["job_id"] else None)
+            params = LONG if job_id == long_job["job_id"] else None
+            rows[method] += evaluations(state, method, params)
         elapsed = time.monotonic() - started
         for thread in threads:
             thread.join()
         control.delete(location)
-    return per_method, parts, rows / elapsed
+    return per_method, parts, rows, elapsed
 
 
 def forward_floor(threads: int) -> float:
@@ -243,8 +247,11 @@ def gradcam_resnet(root: Path, threads: int, rounds: int) -> dict[str, float]:
 
 def report(label: str, idle: dict[str, list[float]], rates: dict[str, float],
            load: dict[str, list[float]], parts: dict[str, list[tuple[float, float]]],
-           rate: float, floor: float, args: argparse.Namespace) -> str:  # fmt: skip
+           rows: dict[str, float], elapsed: float, floor: float,
+           args: argparse.Namespace) -> str:  # fmt: skip
     """The markdown section of one run."""
+    rate = sum(rows.values()) / elapsed
+    own_seconds = sum(rows[m] / rates[m] for m in MIX)  # the same rows, each at its own rate
     lines = [
         f"### {label}",
         "",
@@ -274,6 +281,13 @@ def report(label: str, idle: dict[str, list[float]], rates: dict[str, float],
         "work besides the model — masks, superpixels, the surrogate — keeps it under the floor "
         "whatever the scheduling.)",
         "",
+        "Rows under load by method: "
+        + ", ".join(f"{m} {rows[m]:.0f}" for m in MIX)
+        + f". At each method's own rate (last column) they take {own_seconds:.1f} s of the "
+        f"{elapsed:.1f} s window: **{own_seconds / elapsed:.2f}** of it (1.00: running the jobs "
+        "side by side costs nothing against running each alone; below 1: what scheduling, "
+        "the gateway and the clients on the same cores cost).",
+        "",
     ]
     return "\n".join(lines)
 
@@ -295,9 +309,9 @@ def main() -> None:
     with running_stack(env, root=args.root) as stack:
         os.nice(10)  # the clients yield the CPU to the service they measure (2 shared cores)
         idle, rates = idle_phase(stack.url, args.idle)
-        load, parts, rate = load_phase(stack.url, args.clients, args.seconds)
+        load, parts, rows, elapsed = load_phase(stack.url, args.clients, args.seconds)
     floor = max(floor_before, forward_floor(args.threads))  # the quieter of two measurements
-    text = report(args.label, idle, rates, load, parts, rate, floor, args)
+    text = report(args.label, idle, rates, load, parts, rows, elapsed, floor, args)
     if args.gradcam_resnet:
         got = gradcam_resnet(args.root, args.threads, args.gradcam_resnet)
         text += (
