@@ -39,6 +39,7 @@ def merge_rerun(rerun: Path, saved: Path) -> list[str]:
     new_lines = rerun.with_suffix(".md").read_text("utf-8").splitlines()
     lines = saved.with_suffix(".md").read_text("utf-8").splitlines()
     sheet, source = (Image.open(s.with_suffix(".png")).convert("RGB") for s in (saved, rerun))
+    took = next(i for i, line in enumerate(lines) if line.startswith("* One run took"))
     merged = []
     for column, record in enumerate(new["rows"], start=1):
         name, index = record["name"], names.index(record["name"])
@@ -49,15 +50,15 @@ def merge_rerun(rerun: Path, saved: Path) -> list[str]:
         left = column * (TILE + GAP)
         tiles = source.crop((left, 0, left + TILE, source.height))
         sheet.paste(tiles, ((1 + index) * (TILE + GAP), 0))
+        # one provenance line per method, so a later rerun of one replaces only its own
         lines = [line for line in lines if not line.startswith(f"{RERUN}: `{name}` ")]
+        lines.insert(
+            took + 1,
+            f"{RERUN}: `{name}` at {new['commit']} on {new['date']} ({new['minutes']:.1f} min; "
+            "their rows and figure columns, s / image on that run's machine). The other rows: "
+            "the run above.",
+        )
         merged.append(name)
-    took = next(i for i, line in enumerate(lines) if line.startswith("* One run took"))
-    lines.insert(
-        took + 1,
-        f"{RERUN}: {', '.join(f'`{n}`' for n in merged)} at {new['commit']} on {new['date']} "
-        f"({new['minutes']:.1f} min; their rows and figure columns, s / image on that run's "
-        "machine). The other rows: the run above.",
-    )
     saved.with_suffix(".json").write_text(
         json.dumps(old, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
     )
